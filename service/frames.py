@@ -1,0 +1,68 @@
+"""Value types that flow through the service: a captured frame, a detected person, an event.
+
+They are plain dataclasses so the pure parts (tracking, timeline, fall rules) can be tested
+without threads, HTTP or a model. JSON shapes are those of DESIGN.md's results contract.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+ACTIONS: tuple[str, ...] = ("fall", "sit", "stand")  # index = model class id
+SourceKind = Literal["live", "upload"]
+
+
+@dataclass(slots=True)
+class Frame:
+    """One decoded frame of a source, as the reader hands it to the inference worker."""
+
+    source: str
+    index: int  # frame index in the source, from 0
+    pts_s: float  # presentation time in seconds from the start of the source
+    captured_at: float  # wall-clock time.time() when the reader got it
+    image: np.ndarray  # HxWx3 uint8, BGR (OpenCV order)
+
+
+@dataclass(slots=True)
+class Person:
+    """One detected person in original-frame pixels; track_id is set by the tracker."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    score: float
+    class_id: int
+    track_id: int | None = None
+
+    @property
+    def action(self) -> str:
+        return ACTIONS[self.class_id]
+
+    @property
+    def fall(self) -> bool:
+        return self.class_id == 0
+
+    def to_json(self) -> dict:
+        return {"box": [round(float(v), 1) for v in self.box], "score": round(float(self.score), 4),
+                "action": self.action, "fall": self.fall, "track_id": self.track_id}
+
+
+@dataclass(slots=True)
+class FrameResult:
+    """What one frame became after inference, tracking and the fall rules."""
+
+    source: str
+    frame: int
+    pts_s: float
+    captured_at: float
+    latency_ms: float  # captured_at -> result ready
+    dropped: int  # frames of this source dropped so far
+    persons: list[Person] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+
+    def to_json(self) -> dict:
+        return {"type": "frame", "source": self.source, "frame": self.frame, "pts_s": round(self.pts_s, 4),
+                "captured_at": round(self.captured_at, 4), "latency_ms": round(self.latency_ms, 2),
+                "dropped": self.dropped, "width": self.width, "height": self.height,
+                "persons": [p.to_json() for p in self.persons]}
