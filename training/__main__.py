@@ -1,0 +1,135 @@
+"""`python -m training train|val|export|info ...` (names pinned in DESIGN.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from training.engine import TrainConfig
+
+DEFAULT_DATA = str(Path(__import__("os").environ.get("FALLDET_DATA", "../shared/data")) / "fall-action" / "data.yaml")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    p.add_argument("--preset", default=defaults.preset, help="baseline, A..G (paper Table 3)")
+    p.add_argument("--scale", default=defaults.scale, choices=["n", "s"])
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--imgsz", type=int, default=defaults.imgsz)
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch", type=int, default=defaults.batch)
+    p.add_argument("--lr0", type=float, default=defaults.lr0)
+    p.add_argument("--close-mosaic", type=int, default=defaults.close_mosaic)
+    p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--workers", type=int, default=defaults.workers)
+    p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--limit", type=int, default=0, help="first N train images only")
+    p.add_argument("--val-limit", type=int, default=0)
+    p.add_argument("--box-loss", choices=["ciou", "inner_ciou"], default=None, help="override the preset")
+    p.add_argument("--inner-ratio", type=float, default=None)
+    p.add_argument("--out", default=None, help="run folder (default runs/train/<preset>-<imgsz>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from training.engine import Trainer
+    out = a.out or f"runs/train/{a.preset}-{a.imgsz}"
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in known and k != "out"}, out=out,
+                      progress=not a.no_progress)
+    resume = Path(out) / "last.pt" if a.resume else None
+    if resume is not None and not resume.exists():
+        print(f"--resume: {resume} does not exist", file=sys.stderr)
+        return 2
+    metrics = Trainer(cfg, resume=resume).train()
+    print(json.dumps(metrics))
+    return 0
+
+
+def cmd_val(a: argparse.Namespace) -> int:
+    import torch
+
+    from training.data.dataset import DetectionDataset, load_data_yaml
+    from training.engine import load_checkpoint_model
+    from training.evaluate import coco_map, confusion_matrix, plot_confusion, predict_dataset
+    model, ck = load_checkpoint_model(a.weights, a.device)
+    model = model.to(memory_format=torch.channels_last)
+    spec = load_data_yaml(a.data)
+    imgsz = a.imgsz or ck["train_config"]["imgsz"]
+    split = spec.val if a.split == "val" else spec.train
+    ds = DetectionDataset(split, spec.names, imgsz, None, limit=a.limit)
+    dets = predict_dataset(model, ds, batch=a.batch, device=a.device, conf=a.conf, iou=a.iou)
+    metrics = coco_map(ds, dets)
+    if a.confusion:
+        plot_confusion(confusion_matrix(ds, dets), spec.names, Path(a.confusion))
+    print(json.dumps({"weights": str(a.weights), "imgsz": imgsz, **metrics}, indent=2))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from training.export import export_onnx
+    path = export_onnx(a.weights, a.out, imgsz=a.imgsz, max_det=a.max_det, score_threshold=a.score_threshold,
+                       iou_threshold=a.iou_threshold, metrics_json=a.metrics)
+    print(json.dumps({"out": str(path), "bytes": path.stat().st_size}))
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.model import build_model
+    from training.model.yolo import count_params
+    from training.presets import make_config
+    cfg = make_config(a.preset, scale=a.scale, nc=a.nc)
+    model = build_model(cfg).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.zeros(1, 3, a.imgsz, a.imgsz))
+    print(json.dumps({"preset": a.preset, "scale": a.scale, "nc": a.nc, "imgsz": a.imgsz,
+                      "params": count_params(model), "gflops": round(fc.get_total_flops() / 1e9, 3),
+                      "config": cfg.__dict__}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a preset")
+    _add_train_args(t)
+    v = sub.add_parser("val", help="evaluate a checkpoint with pycocotools")
+    v.add_argument("--weights", required=True)
+    v.add_argument("--data", default=DEFAULT_DATA)
+    v.add_argument("--split", choices=["val", "train"], default="val")
+    v.add_argument("--imgsz", type=int, default=0, help="default: the checkpoint's training size")
+    v.add_argument("--batch", type=int, default=32)
+    v.add_argument("--conf", type=float, default=0.001)
+    v.add_argument("--iou", type=float, default=0.7)
+    v.add_argument("--limit", type=int, default=0)
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--confusion", default=None, help="write a confusion-matrix PNG here")
+    e = sub.add_parser("export", help="ONNX with quality-reweighted scores and NMS in the graph")
+    e.add_argument("--weights", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--imgsz", type=int, default=0, help="default: the checkpoint's training size")
+    e.add_argument("--max-det", type=int, default=300)
+    e.add_argument("--score-threshold", type=float, default=0.001, help="graph default; callers may feed their own")
+    e.add_argument("--iou-threshold", type=float, default=0.7)
+    e.add_argument("--metrics", default=None, help="JSON of measured metrics to embed in the metadata")
+    i = sub.add_parser("info", help="params and GFLOPs of a preset")
+    i.add_argument("--preset", default="baseline")
+    i.add_argument("--scale", default="n", choices=["n", "s"])
+    i.add_argument("--imgsz", type=int, default=640)
+    i.add_argument("--nc", type=int, default=3)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return {"train": cmd_train, "val": cmd_val, "export": cmd_export, "info": cmd_info}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

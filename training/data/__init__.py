@@ -1,0 +1,1 @@
+"""YOLO-format data: scanning, caching, augmentation and batching."""

@@ -1,0 +1,196 @@
+"""YOLO-format datasets: scan (reporting bad files and lines), cache in RAM, augment, batch.
+
+A sample's boxes are pixel xyxy of the cached image, whose long side is the training size.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import Dataset
+
+from training.boxes import xywhn_to_xyxy
+from training.data import augment as A
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class DataSpec:
+    """What a data.yaml says: split image folders and class names."""
+
+    train: Path
+    val: Path
+    names: list[str]
+
+
+def load_data_yaml(path: str | Path) -> DataSpec:
+    path = Path(path)
+    doc = yaml.safe_load(path.read_text())
+    root = (path.parent / doc.get("path", ".")).resolve()
+    names = doc["names"]
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    return DataSpec(root / doc["train"], root / doc["val"], list(names))
+
+
+@dataclass
+class Sample:
+    image: Path
+    labels: np.ndarray  # [n] int64
+    boxes_xywhn: np.ndarray  # [n,4] float32 normalized centre/size
+
+
+@dataclass
+class ScanReport:
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # "file[:line]: reason"
+
+
+def label_path(image: Path) -> Path:
+    parts = list(image.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def parse_label_file(path: Path, nc: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read `class cx cy w h` lines; malformed lines are reported (file:line) and skipped."""
+    labels, boxes, problems = [], [], []
+    if not path.exists():
+        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32), problems  # no label file: no person
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        v = line.split()
+        try:
+            if len(v) != 5:
+                raise ValueError(f"expected 5 fields, got {len(v)}")
+            c, xywh = int(v[0]), [float(x) for x in v[1:]]
+            if not 0 <= c < nc:
+                raise ValueError(f"class {c} outside 0..{nc - 1}")
+            if not all(np.isfinite(xywh)) or xywh[2] <= 0 or xywh[3] <= 0:
+                raise ValueError("non-positive or non-finite size")
+            if not all(-0.01 <= x <= 1.01 for x in xywh):
+                raise ValueError("coordinates outside [0, 1]")
+        except ValueError as e:
+            problems.append(f"{path}:{n}: {e}")
+            continue
+        labels.append(c)
+        boxes.append(np.clip(xywh, 0, 1))
+    return (np.array(labels, np.int64), np.array(boxes, np.float32).reshape(-1, 4), problems)
+
+
+def scan_split(images_dir: Path, nc: int) -> ScanReport:
+    """List images and their labels; bad label lines are reported and skipped (images checked at load)."""
+    report = ScanReport()
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"image folder {images_dir} does not exist")
+    for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+        labels, boxes, problems = parse_label_file(label_path(img), nc)
+        report.problems += problems
+        report.samples.append(Sample(img, labels, boxes))
+    return report
+
+
+def _load_resized(path: Path, size: int) -> np.ndarray | None:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    h, w = img.shape[:2]
+    r = min(size / h, size / w)
+    nh, nw = round(h * r), round(w * r)
+    return img if (nh, nw) == (h, w) else cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    mosaic: float = 1.0  # probability
+    scale: float = 0.5
+    translate: float = 0.1
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    fliplr: float = 0.5
+
+
+class DetectionDataset(Dataset):
+    """Images cached in RAM at training size; augmentation is deterministic per (seed, epoch, index)."""
+
+    def __init__(self, images_dir: Path, names: list[str], imgsz: int, augment: AugmentConfig | None,
+                 seed: int = 0, workers: int = 2, limit: int = 0) -> None:
+        self.imgsz, self.aug, self.seed, self.names = imgsz, augment, seed, names
+        self.epoch = 0
+        self.mosaic_on = augment is not None and augment.mosaic > 0
+        report = scan_split(Path(images_dir), len(names))
+        samples = report.samples[:limit] if limit else report.samples
+        self.problems = list(report.problems)
+        with ThreadPoolExecutor(max(workers, 1)) as pool:
+            images = list(pool.map(lambda s: _load_resized(s.image, imgsz), samples))
+        self.samples, self.images, self.shapes = [], [], []
+        for s, img in zip(samples, images):
+            if img is None:
+                self.problems.append(f"{s.image}: unreadable or corrupt image, skipped")
+                continue
+            self.samples.append(s)
+            self.images.append(img)
+        for p in self.problems:
+            log.warning("dataset: %s", p)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int, mosaic: bool) -> None:
+        self.epoch, self.mosaic_on = epoch, mosaic and self.aug is not None and self.aug.mosaic > 0
+
+    def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cached image and its pixel xyxy boxes and labels."""
+        img = self.images[i]
+        s = self.samples[i]
+        boxes = xywhn_to_xyxy(s.boxes_xywhn, img.shape[1], img.shape[0]).astype(np.float32)
+        return img, boxes, s.labels
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        if self.aug is None:
+            img, boxes, labels = self.raw(i)
+            img, r, (left, top) = A.letterbox(img, self.imgsz)
+            boxes = boxes * r + np.array([left, top, left, top], np.float32)
+        else:
+            if self.mosaic_on and rng.random() < self.aug.mosaic:
+                idx = [i, *rng.integers(0, len(self), 3)]
+                img, boxes, labels = A.mosaic_then_affine([self.raw(j) for j in idx], self.imgsz, rng,
+                                                          self.aug.scale, self.aug.translate)
+            else:
+                img, boxes, labels = self.raw(i)
+                img, boxes, labels = A.random_affine(img, boxes, labels, rng, self.imgsz, self.aug.scale,
+                                                     self.aug.translate)
+            img = A.hsv_jitter(img, rng, self.aug.hsv_h, self.aug.hsv_s, self.aug.hsv_v)
+            if rng.random() < self.aug.fliplr:
+                img, boxes = A.hflip(img, boxes)
+        chw = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))  # BGR -> RGB, CHW uint8
+        return chw, boxes.astype(np.float32), labels.astype(np.int64)
+
+
+def collate(batch) -> dict[str, torch.Tensor]:
+    """Stack uint8 images; pad targets to the batch's max count with a mask (static-friendly)."""
+    imgs, boxes, labels = zip(*batch)
+    m = max(1, max(len(b) for b in boxes))
+    n = len(batch)
+    gt_boxes = torch.zeros(n, m, 4)
+    gt_labels = torch.zeros(n, m, dtype=torch.long)
+    gt_mask = torch.zeros(n, m, dtype=torch.bool)
+    for k, (b, l) in enumerate(zip(boxes, labels)):
+        gt_boxes[k, : len(b)] = torch.from_numpy(b)
+        gt_labels[k, : len(l)] = torch.from_numpy(l)
+        gt_mask[k, : len(b)] = True
+    return {"images": torch.stack(imgs), "boxes": gt_boxes, "labels": gt_labels, "mask": gt_mask}

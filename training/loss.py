@@ -1,0 +1,94 @@
+"""Detection loss: BCE classification, CIoU or Inner-CIoU box loss, DFL, and the LQE quality term.
+
+The loss receives the assignment (computed by training/assign.py) rather than hiding it inside.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from training.assign import Assignment, task_aligned_assign
+from training.boxes import bbox2dist, box_ciou, box_iou, decode_boxes, inner_iou, make_anchors
+from training.model.head import HeadOutput
+from training.presets import ModelConfig
+
+
+@dataclass(frozen=True)
+class LossGains:
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    quality: float = 1.0
+
+
+def inner_ciou_loss(pred: torch.Tensor, target: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Inner-CIoU (Inner-IoU paper, Zhang et al. 2023): L = L_CIoU + IoU - IoU_inner, elementwise.
+
+    Note: the fall-detection paper's Eq. (1) divides by the smaller area; we follow Inner-IoU.
+    At ratio 1 the inner boxes are the boxes and this is exactly 1 - CIoU.
+    """
+    return 1.0 - box_ciou(pred, target) + box_iou(pred, target) - inner_iou(pred, target, ratio)
+
+
+def ciou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return 1.0 - box_ciou(pred, target)
+
+
+def dfl_loss(dist: torch.Tensor, target_ltrb: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """Distribution focal loss: CE to the two bins around each target distance. [N,4*reg],[N,4] -> [N]."""
+    n = dist.shape[0]
+    logits = dist.view(n * 4, reg_max)
+    t = target_ltrb.reshape(-1)
+    tl = t.long().clamp(max=reg_max - 2)
+    wl = tl + 1 - t
+    wr = 1 - wl
+    loss = F.cross_entropy(logits, tl, reduction="none") * wl + F.cross_entropy(logits, tl + 1, reduction="none") * wr
+    return loss.view(n, 4).mean(-1)
+
+
+class DetectionLoss:
+    """Callable: (HeadOutput, targets) -> (scalar loss for backward, dict of detached loss terms)."""
+
+    def __init__(self, cfg: ModelConfig, gains: LossGains = LossGains()) -> None:
+        self.cfg, self.gains = cfg, gains
+
+    def __call__(self, out: HeadOutput, gt_labels: torch.Tensor, gt_boxes: torch.Tensor, gt_mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        """gt_labels [B,M] long, gt_boxes [B,M,4] xyxy input pixels, gt_mask [B,M] bool."""
+        reg_max = self.cfg.reg_max
+        b = out.cls.shape[0]
+        anchors, strides = make_anchors(out.shapes, out.strides, out.cls.device, out.dist.dtype)
+        pred_grid = decode_boxes(out.dist, anchors, reg_max)  # [B,A,4] grid units
+        scores = out.scores()
+        asg: Assignment = task_aligned_assign(scores.detach().float(), (pred_grid.detach() * strides).float(),
+                                              anchors * strides, gt_labels, gt_boxes, gt_mask)
+        norm = asg.scores.sum().clamp(min=1.0)
+        fg = asg.fg.float()  # [B,A]
+        weight = asg.scores.sum(-1) * fg  # [B,A]
+
+        loss_cls = F.binary_cross_entropy_with_logits(out.cls.float(), asg.scores, reduction="sum") / norm
+
+        target_grid = asg.boxes / strides  # [B,A,4]
+        # Padding anchors get a harmless dummy target (their own box) so no NaN leaks through the weights.
+        safe_target = torch.where(asg.fg.unsqueeze(-1), target_grid, pred_grid.detach())
+        if self.cfg.box_loss == "inner_ciou":
+            lbox = inner_ciou_loss(pred_grid, safe_target, self.cfg.inner_ratio)
+        else:
+            lbox = ciou_loss(pred_grid, safe_target)
+        loss_box = (lbox * weight).sum() / norm
+
+        target_ltrb = bbox2dist(anchors.expand(b, -1, -1), safe_target, reg_max - 1)
+        ldfl = dfl_loss(out.dist.reshape(-1, 4 * reg_max).float(), target_ltrb.reshape(-1, 4), reg_max).view(b, -1)
+        loss_dfl = (ldfl * weight).sum() / norm
+
+        terms = {"box": loss_box * self.gains.box, "cls": loss_cls * self.gains.cls, "dfl": loss_dfl * self.gains.dfl}
+        if out.quality is not None:
+            # q learns the IoU of its own predicted box with the target (GFLv2-style quality), positives only
+            with torch.no_grad():
+                iou_t = box_iou(pred_grid.detach(), safe_target).clamp(0, 1)
+            lq = F.binary_cross_entropy_with_logits(out.quality.squeeze(-1).float(), iou_t, reduction="none")
+            terms["quality"] = (lq * fg).sum() / fg.sum().clamp(min=1.0) * self.gains.quality
+        total = sum(terms.values()) * b
+        return total, {k: float(v.detach()) for k, v in terms.items()}
