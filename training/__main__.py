@@ -22,6 +22,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch", type=int, default=defaults.batch)
     p.add_argument("--lr0", type=float, default=defaults.lr0)
+    p.add_argument("--nbs", type=int, default=defaults.nbs,
+                   help="nominal batch: gradients accumulate over round(nbs/batch) batches per step")
     p.add_argument("--close-mosaic", type=int, default=defaults.close_mosaic)
     p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
     p.add_argument("--seed", type=int, default=defaults.seed)

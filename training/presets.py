@@ -48,4 +48,4 @@ def make_config(preset: str = "baseline", **overrides) -> ModelConfig:
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
-    return replace(ModelConfig(), **PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    return replace(ModelConfig(), **{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})

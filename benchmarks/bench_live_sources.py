@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Simulated live cameras through the real inference worker: is batching across sources worth it,
+and what does a camera see?
+
+For 1, 4 and 8 sources, each camera thread submits a frame every 1/fps s (`--fps 0`: a new frame as
+soon as its last one is answered, which saturates the worker) with `live=True` (latest frame wins).
+Prints total processed fps, per-source fps, p50/p95 capture-to-result latency, frames dropped, and
+the ratio of total fps to the runtime's model-only fps at the same batch size (the ceiling; goal
+>= 0.9 when the cameras offer more frames than the model can take). `--with-pipeline` also runs
+tracking and the fall rules in the result callbacks, as live cameras do.
+
+usage: python benchmarks/bench_live_sources.py [--model PATH] [--sources 1,4,8] [--fps 25] [--seconds 10]
+                                               [--quick] [--with-pipeline] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runtime import REPO_ROOT, machine, measure, sample_frames  # noqa: E402
+
+from service.frames import Frame  # noqa: E402
+from service.runtime import Runtime, choose_providers  # noqa: E402
+from service.worker import InferenceWorker  # noqa: E402
+
+
+class Camera(threading.Thread):
+    """One simulated live source: frames at a fixed rate (or closed loop), results recorded."""
+
+    def __init__(self, name: str, worker: InferenceWorker, image: np.ndarray, fps: float, stop: threading.Event,
+                 pipeline=None) -> None:
+        super().__init__(name=name, daemon=True)
+        self.worker, self.image, self.fps, self.stop, self.pipeline = worker, image, fps, stop, pipeline
+        self.results: list[tuple[float, float]] = []  # (done wall time, latency s)
+        self.submitted = 0
+        self._answered = threading.Event()
+        self._lock = threading.Lock()
+
+    def _done(self, frame: Frame, fut) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            now = time.time()
+            if self.pipeline is not None:
+                with self._lock:
+                    self.pipeline.step(frame, fut.result(), (now - frame.captured_at) * 1000, 0)
+                now = time.time()
+            self.results.append((now, now - frame.captured_at))
+        self._answered.set()
+
+    def run(self) -> None:
+        index = 0
+        next_at = time.perf_counter()
+        while not self.stop.is_set():
+            frame = Frame(self.name, index, index / (self.fps or 25.0), time.time(), self.image)
+            self._answered.clear()
+            fut = self.worker.submit(frame, live=True)
+            fut.add_done_callback(lambda f, fr=frame: self._done(fr, f))
+            self.submitted += 1
+            index += 1
+            if self.fps > 0:
+                next_at += 1.0 / self.fps
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    self.stop.wait(delay)
+                else:
+                    next_at = time.perf_counter()
+            else:
+                self._answered.wait(1.0)
+
+
+def run_sources(runtime: Runtime, frames: list[np.ndarray], n: int, fps: float, seconds: float, warmup: float,
+                max_batch: int, max_wait_ms: float, with_pipeline: bool) -> dict:
+    worker = InferenceWorker(runtime, max_batch, max_wait_ms)
+    worker.start()
+    stop = threading.Event()
+    pipelines = [None] * n
+    if with_pipeline:
+        from service.pipeline import PipelineSettings, SourcePipeline
+
+        pipelines = [SourcePipeline(f"cam{i}", PipelineSettings(), live=True) for i in range(n)]
+    cams = [Camera(f"cam{i}", worker, frames[i % len(frames)], fps, stop, pipelines[i]) for i in range(n)]
+    for cam in cams:
+        cam.start()
+    time.sleep(warmup)
+    t0 = time.time()
+    batches0, frames0 = worker.batches, worker.frames
+    time.sleep(seconds)
+    t1 = time.time()
+    batches1, frames1 = worker.batches, worker.frames
+    stop.set()
+    for cam in cams:
+        cam.join()
+    worker.stop()
+    window = [[lat for done, lat in cam.results if t0 <= done < t1] for cam in cams]
+    per_source = [len(w) / (t1 - t0) for w in window]
+    latencies = np.array([lat for w in window for lat in w]) * 1000
+    return {"sources": n, "fps_offered": fps, "total_fps": sum(per_source), "per_source_fps": per_source,
+            "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else float("nan"),
+            "p95_ms": float(np.percentile(latencies, 95)) if latencies.size else float("nan"),
+            "mean_batch": (frames1 - frames0) / max(1, batches1 - batches0),
+            "dropped": sum(worker.dropped(c.name) for c in cams), "submitted": sum(c.submitted for c in cams)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "fall-detector.onnx")
+    ap.add_argument("--providers", default="", help="comma-separated; default: CUDA when present, then CPU")
+    ap.add_argument("--sources", default="1,4,8")
+    ap.add_argument("--fps", type=float, default=25.0, help="frames per second per camera; 0: closed loop")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-wait-ms", type=float, default=4.0)
+    ap.add_argument("--iters", type=int, default=20, help="iterations of the model-only measurement")
+    ap.add_argument("--with-pipeline", action="store_true", help="tracking + fall rules in the callbacks")
+    ap.add_argument("--quick", action="store_true", help="short runs (CI smoke)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if a.quick:
+        a.seconds, a.warmup, a.iters = 2.0, 0.5, 3
+    providers = [p for p in a.providers.split(",") if p] or choose_providers()
+    runtime = Runtime(a.model, providers)
+    counts = [int(s) for s in a.sources.split(",")]
+    frames = sample_frames(max(counts))
+    print(f"model {a.model.name} on {runtime.providers[0]} | {machine()}")
+    print(f"cameras at {a.fps:g} fps ({'closed loop' if a.fps <= 0 else 'fixed rate'}), max_batch {a.max_batch}, "
+          f"max_wait {a.max_wait_ms:g} ms, {a.seconds:g} s each{', with pipeline' if a.with_pipeline else ''}")
+    print(f"{'src':>3} {'total fps':>9} {'per-source fps (min..max)':>26} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'batch':>5} {'dropped':>8} {'model fps@b':>11} {'ratio':>6}")
+    for n in counts:
+        r = run_sources(runtime, frames, n, a.fps, a.seconds, a.warmup, a.max_batch, a.max_wait_ms, a.with_pipeline)
+        b = min(n, a.max_batch)
+        model = measure(runtime, frames, b, a.iters)
+        r |= {"model_batch": b, "model_fps": model["detect_fps"], "ratio": r["total_fps"] / model["detect_fps"]}
+        span = f"{min(r['per_source_fps']):.1f}..{max(r['per_source_fps']):.1f}"
+        print(f"{n:3d} {r['total_fps']:9.1f} {span:>26} {r['p50_ms']:7.1f} {r['p95_ms']:7.1f} {r['mean_batch']:5.2f} "
+              f"{r['dropped']:8d} {r['model_fps']:11.1f} {r['ratio']:6.2f}")
+        if a.json:
+            print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

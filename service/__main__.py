@@ -1,0 +1,113 @@
+"""Command line: `python -m service serve` (the HTTP service) and `python -m service analyze VIDEO`.
+
+`analyze` runs a video through the same runtime, inference worker, tracker and fall rules as
+`POST /v1/videos` and prints the same NDJSON lines on stdout (frame lines, event lines, a final
+summary line); progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+
+def _settings(model: Path | None) -> "Settings":
+    """Settings from the environment, `--model` winning over FALLDET_MODEL (imported late: the
+    settings pull in the tracker, and a CLI error should not wait for that)."""
+    from service.settings import Settings, get_settings
+
+    return Settings(model=model) if model is not None else get_settings()
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(args.model)
+    try:
+        app = create_app(settings)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=1 << 20)
+    return 0
+
+
+def analyze(args: argparse.Namespace) -> int:
+    from service.sources.upload import CorruptVideoError, analyze as analyze_frames, iter_frames, probe_video
+
+    video: Path = args.video
+    if not video.is_file():
+        print(f"error: no such file: {video}", file=sys.stderr)
+        return 2
+    try:
+        info = probe_video(video)
+    except CorruptVideoError as exc:
+        print(f"error: {video}: {exc.reason}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    from service.pipeline import SourcePipeline
+    from service.runtime import runtime_from_settings
+    from service.worker import InferenceWorker
+
+    settings = _settings(args.model)
+    try:
+        runtime = runtime_from_settings(settings)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    worker = InferenceWorker(runtime, settings.max_batch, settings.max_wait_ms)
+    worker.start()
+    source = args.source or video.stem
+    out = sys.stdout
+    try:
+        with tqdm(total=info.frames or None, unit="frame", file=sys.stderr, disable=args.quiet,
+                  desc=video.name) as progress:
+            pipeline = SourcePipeline(source, settings.pipeline, live=False)
+            for line in analyze_frames(iter_frames(video, source), worker, pipeline, video=info):
+                out.write(json.dumps(line, separators=(",", ":")) + "\n")
+                if line.get("type") == "frame":
+                    progress.update()
+        out.flush()
+    except BrokenPipeError:  # `| head`: the reader left
+        return 0
+    finally:
+        worker.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Real-time fall detection service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="run the HTTP service (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", type=Path, help="ONNX model (default: FALLDET_MODEL or models/fall-detector.onnx)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=serve)
+
+    p = commands.add_parser("analyze", help="analyse a video file: NDJSON results on stdout")
+    p.add_argument("video", type=Path)
+    p.add_argument("--model", type=Path, help="ONNX model (default: FALLDET_MODEL or models/fall-detector.onnx)")
+    p.add_argument("--source", help="source name in the results (default: the file's stem)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(run=analyze)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The FastAPI app factory: it receives its collaborators and starts and stops them with the app.
+
+`create_app(settings)` builds the defaults (runtime on the settings' model, one inference worker,
+alert store, delivery, bus, camera manager); tests and embedders pass their own instead. Everything
+a route needs is on `app.state` and reached through `service.api.deps`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import REGISTRY
+from prometheus_client.registry import Collector
+
+from service import metrics
+from service.api import alerts, detect, health, streams as streams_api, videos, web, ws
+from service.bus import EventBus
+from service.delivery import Delivery, DeliveryMetrics
+from service.pipeline import SourcePipeline
+from service.runtime import Runtime, runtime_from_settings
+from service.settings import Settings
+from service.store import AlertStore
+from service.streams import StreamManager
+from service.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+def resolve_api_keys(settings: Settings) -> list[str]:
+    """The configured keys, or one random key made now and printed once (never run open)."""
+    if settings.api_keys:
+        return list(settings.api_keys)
+    key = secrets.token_urlsafe(24)
+    print(f"FALLDET_API_KEYS is not set; this run's API key: {key}", file=sys.stderr, flush=True)
+    return [key]
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None, worker: InferenceWorker | None = None,
+               store: AlertStore | None = None, bus: EventBus | None = None,
+               streams: StreamManager | None = None, delivery: Delivery | None = None) -> FastAPI:
+    """The service app; collaborators left as None are built from `settings`."""
+    if worker is None:
+        runtime = runtime or runtime_from_settings(settings)
+        worker = InferenceWorker(runtime, settings.max_batch, settings.max_wait_ms)
+    runtime = runtime or getattr(worker, "runtime", None)
+    store = store or AlertStore(settings.db, settings.snapshot_dir, settings.retention)
+    delivery = delivery or Delivery(settings, store)
+    bus = bus or EventBus(store, delivery)
+    if streams is None:
+        def pipeline_factory(source: str) -> SourcePipeline:
+            return SourcePipeline(source, settings.pipeline, live=True)
+
+        streams = StreamManager(settings, worker, bus, pipeline_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bus.bind_loop(asyncio.get_running_loop())
+        collector = _register(DeliveryMetrics(store, delivery))
+        worker.start()
+        delivery.start()
+        await asyncio.to_thread(streams.start)
+        log.info("service ready: model %s on %s", getattr(getattr(runtime, "model_path", None), "name", "?"),
+                 getattr(runtime, "providers", "?"))
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(streams.stop)  # publishes the cameras' last events first
+            await asyncio.to_thread(delivery.stop)
+            await asyncio.to_thread(worker.stop)
+            if collector is not None:
+                REGISTRY.unregister(collector)
+            bus.bind_loop(None)
+            store.close()
+
+    app = FastAPI(title="falldet", version="0.1.0", lifespan=lifespan,
+                  description="Real-time fall detection over RTSP cameras, uploaded videos and images.")
+    app.state.settings = settings
+    app.state.api_keys = resolve_api_keys(settings)
+    app.state.runtime = runtime
+    app.state.worker = worker
+    app.state.store = store
+    app.state.delivery = delivery
+    app.state.bus = bus
+    app.state.streams = streams
+
+    for module in (health, metrics, detect, videos, streams_api, alerts, ws, web):
+        app.include_router(module.router)
+    app.add_exception_handler(Exception, _internal_error)
+    return app
+
+
+def _register(collector: Collector) -> Collector | None:
+    """Export the alert and delivery gauges, unless another app in this process already does."""
+    try:
+        REGISTRY.register(collector)
+    except ValueError:
+        log.warning("alert metrics are already exported by another app in this process")
+        return None
+    return collector
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Any unexpected error: answered without a trace (the server logs the trace: Starlette re-raises)."""
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return JSONResponse({"detail": "internal error"}, status_code=500)

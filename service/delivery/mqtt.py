@@ -1,0 +1,412 @@
+"""MQTT delivery: events, per-camera state and availability, as home-automation users expect.
+
+Topics (`<prefix>` defaults to `falldet`, `<camera>` is the source id with anything outside
+[A-Za-z0-9_-] replaced by `_`):
+- `<prefix>/events`            every event of every pod as JSON (QoS 1, not retained), with `id` and `pod`;
+- `<prefix>/<camera>/fall`     `ON` / `OFF`, retained: ON while someone on that camera is down;
+- `<prefix>/available`         `online` / `offline`, retained; `offline` is also the last will
+                               (the topic is a template: `{prefix}/{pod}/available` for several pods);
+- `<prefix>/snapshots/<id>`    the event's JPEG (QoS 1), so other pods can mirror it;
+- `<prefix>/acks`              acknowledgements made on any pod, so every pod's store converges;
+- `homeassistant/binary_sensor/<prefix>/<camera>_fall/config`  retained discovery config (device
+  class `safety`), sent again whenever Home Assistant announces `online` on `homeassistant/status`.
+
+Guarantees: the sender reads undelivered events from the store in order and only hands them to
+paho while connected; an event is marked delivered when the broker's PUBACK arrives. Events made
+during an outage stay in the store and go out, in order, after the reconnect (paho's backoff).
+paho resends what was in flight when the connection broke; a process crash between publish and
+PUBACK resends from the store (at-least-once: receivers drop duplicates by `id`).
+
+Several pods: MQTT v5 with a persistent session (`session_expiry_s`) and `noLocal` subscriptions;
+events of other pods are mirrored into the local store (deduplicated by id there) and handed to
+`on_remote` once each, for this pod's `WS /v1/events`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from service.store import ID_PATTERN, AlertStore, Pending
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "mqtt"
+DOWN_TYPES = ("fall_alert", "still_down")
+
+
+def topic_segment(name: str) -> str:
+    """A source id made safe for one topic level and for Home Assistant object ids."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+
+
+def default_pod_id() -> str:
+    """The host name (the pod name on Kubernetes), reduced to what topics and client ids accept."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "falldet"
+
+
+class MqttSettings(BaseModel):
+    """MQTT delivery and the pod-to-pod event bus (`FALLDET_MQTT__...`); off while `host` is unset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = Field(None, description="Broker host name; None (the default) turns MQTT off.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
+    username: str | None = Field(None, description="Broker user name, if the broker asks for one.")
+    password: SecretStr | None = Field(None, description="Broker password.")
+    tls: bool = Field(False, description="Connect with TLS (server certificate checked).")
+    ca_file: Path | None = Field(None, description="CA bundle for TLS; None: the system's CAs.")
+    prefix: str = Field("falldet", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+                        description="First topic level(s) of everything this service publishes.")
+    pod_id: str = Field(default_factory=default_pod_id, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                        description="Name of this service instance (default: host name, the pod name "
+                                    "on Kubernetes); in every payload and in the MQTT client id.")
+    availability_topic: str = Field("{prefix}/available",
+                                    description="Retained online/offline topic and last will; "
+                                                "{prefix} and {pod} are filled in.")
+    keepalive_s: int = Field(30, ge=5, description="MQTT keepalive; the broker sends the will after 1.5x.")
+    reconnect_min_s: int = Field(1, ge=1, description="First reconnect delay; doubles up to reconnect_max_s.")
+    reconnect_max_s: int = Field(30, ge=1, description="Longest delay between reconnect attempts.")
+    session_expiry_s: int = Field(3600, ge=0, description="How long the broker keeps this pod's session "
+                                                          "(queued events of other pods) while it is away.")
+    share_events: bool = Field(True, description="Subscribe to the events of other pods and relay them "
+                                                 "to this pod's WS /v1/events (and mirror them in its store).")
+    share_snapshots: bool = Field(True, description="Publish each snapshot on <prefix>/snapshots/<id> "
+                                                    "so other pods can mirror it.")
+    ha_discovery: bool = Field(True, description="Publish Home Assistant discovery for one binary_sensor "
+                                                 "(device class safety) per camera.")
+    ha_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
+    replay_max_age_s: float = Field(86400.0, gt=0, description="Events older than this when the broker "
+                                                               "comes back are given up, not published.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+
+class MqttChannel:
+    """One paho client (its own network thread) plus one sender thread that drains the store."""
+
+    def __init__(self, settings: MqttSettings, store: AlertStore,
+                 on_remote: Callable[[dict], None] | None = None) -> None:
+        if not settings.enabled:
+            raise ValueError("MQTT is not configured (FALLDET_MQTT__HOST is unset)")
+        self.settings = settings
+        self.store = store
+        self.on_remote = on_remote
+        self.prefix = settings.prefix
+        self.pod_id = settings.pod_id
+        self.availability_topic = settings.availability_topic.format(prefix=self.prefix, pod=self.pod_id)
+        self.connected = False
+        self.subscribed = False  # the broker acknowledged this connection's subscriptions
+        self.counts: Counter[str] = Counter()
+        self._client: mqtt.Client | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._announce = False
+        self._cursor = 0  # highest seq handed to paho in this process
+        self._inflight: OrderedDict[int, tuple] = OrderedDict()  # mid -> ("event", seq) | ("ack", id, at)
+        self._acked: deque[tuple[int, bool, str]] = deque()  # (mid, ok, reason) from paho's thread
+        self._sources: set[str] = set()
+        self._down: dict[str, set[tuple[str | None, int | None]]] = {}  # camera -> {(run, track)}
+        self._published_state: dict[str, str] = {}
+        self._discovered: set[str] = set()
+        self._early_snapshots: OrderedDict[str, bytes] = OrderedDict()  # remote snapshot before its event
+
+    # ---------------------------------------------------------------- topics
+    def events_topic(self) -> str:
+        return f"{self.prefix}/events"
+
+    def state_topic(self, source: str) -> str:
+        return f"{self.prefix}/{topic_segment(source)}/fall"
+
+    def discovery_topic(self, source: str) -> str:
+        node = topic_segment(self.prefix)
+        return f"{self.settings.ha_prefix}/binary_sensor/{node}/{topic_segment(source)}_fall/config"
+
+    def discovery_config(self, source: str) -> dict:
+        cam, node = topic_segment(source), topic_segment(self.prefix)
+        return {"name": "Fall", "unique_id": f"{node}_{cam}_fall",
+                "device_class": "safety", "state_topic": self.state_topic(source),
+                "payload_on": "ON", "payload_off": "OFF",
+                "availability_topic": self.availability_topic,
+                "payload_available": "online", "payload_not_available": "offline",
+                "device": {"identifiers": [f"{node}_{cam}"], "name": f"Fall detector {source}",
+                           "manufacturer": "falldet", "model": "video fall detection"}}
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        s = self.settings
+        self.store.register_channel(CHANNEL)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"falldet-{self.pod_id}",
+                             protocol=mqtt.MQTTv5)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+        if s.tls:
+            client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None)
+        client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = s.session_expiry_s
+        client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props)
+        self._client = client
+        client.loop_start()  # paho's thread retries the first connection too
+        self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+        client = self._client
+        if client is None:
+            return
+        if self.connected:  # a clean disconnect suppresses the will: say offline ourselves
+            info = client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            deadline = time.monotonic() + timeout_s
+            while self.connected and time.monotonic() < deadline:
+                if self._is_acked(info.mid):
+                    break
+                time.sleep(0.01)
+        self._settle()  # what was acknowledged is booked, so a restart does not resend it
+        client.disconnect()
+        client.loop_stop()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def set_sources(self, names: Iterable[str]) -> None:
+        """Cameras to announce (discovery, state OFF) before they ever raise an event."""
+        with self._lock:
+            new = set(names) - self._sources
+            self._sources |= new
+        if new and self.connected:
+            self._announce = True
+            self._wake.set()
+
+    # ---------------------------------------------------------------- paho callbacks (paho's thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT broker %s refused the connection: %s", self.settings.host, reason_code)
+            return
+        self.connected = True
+        self.counts["connects"] += 1
+        log.info("MQTT connected to %s:%s (session present: %s)", self.settings.host, self.settings.port,
+                 flags.session_present)
+        subs = []
+        if self.settings.share_events:
+            subs += [(self.events_topic(), SubscribeOptions(qos=1, noLocal=True)),
+                     (f"{self.prefix}/acks", SubscribeOptions(qos=1, noLocal=True)),
+                     (f"{self.prefix}/snapshots/+", SubscribeOptions(qos=1, noLocal=True))]
+        if self.settings.ha_discovery:
+            subs.append((f"{self.settings.ha_prefix}/status", SubscribeOptions(qos=1)))
+        if subs:
+            client.subscribe(subs)
+        else:
+            self.subscribed = True
+        self._discovered.clear()  # a broker without persistence forgot the retained configs
+        self._announce = True
+        self._wake.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.warning("MQTT broker refused subscriptions: %s", failed)
+        self.subscribed = not failed
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected:
+            log.warning("MQTT disconnected from %s: %s", self.settings.host, reason_code)
+        self.connected = False
+        self.subscribed = False
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acked.append((mid, not reason_code.is_failure, str(reason_code)))
+        self._wake.set()
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._handle_message(message.topic, message.payload)
+        except Exception:  # one bad message must not stop the network loop
+            self.counts["remote_errors"] += 1
+            log.exception("MQTT message on %s could not be handled", message.topic)
+
+    def _handle_message(self, topic: str, payload: bytes) -> None:
+        if topic == f"{self.settings.ha_prefix}/status":
+            if payload == b"online":
+                self._discovered.clear()
+                self._announce = True
+                self._wake.set()
+            return
+        if topic.startswith(f"{self.prefix}/snapshots/"):
+            alert_id = topic.rsplit("/", 1)[1]
+            if ID_PATTERN.match(alert_id) and not self.store.attach_snapshot(alert_id, payload):
+                if self.store.get(alert_id) is None:  # it came before its event: keep it briefly
+                    self._early_snapshots[alert_id] = payload
+                    while len(self._early_snapshots) > 16:
+                        self._early_snapshots.popitem(last=False)
+            return
+        data = json.loads(payload)
+        if not isinstance(data, dict) or data.get("pod") == self.pod_id:
+            return
+        if topic == f"{self.prefix}/acks":
+            if isinstance(data.get("id"), str) and isinstance(data.get("at"), (int, float)):
+                self.store.apply_remote_ack(data["id"], str(data.get("by") or ""), data["at"], data.get("comment"))
+            return
+        if topic == self.events_topic():
+            snapshot = self._early_snapshots.pop(str(data.get("id")), None)
+            alert, inserted = self.store.add_remote(data, origin=str(data.get("pod") or "unknown"),
+                                                    snapshot=snapshot)
+            self.counts["remote_events" if inserted else "remote_duplicates"] += 1
+            if inserted and self.on_remote is not None:
+                self.on_remote(alert)
+
+    # ---------------------------------------------------------------- sender thread
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                if self.connected:
+                    self._step()
+                else:
+                    self._settle()  # PUBACKs that came just before the connection broke
+            except Exception:
+                log.exception("MQTT sender step failed")
+            self._wake.wait(1.0)
+
+    def _publish(self, topic: str, payload: str | bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        assert self._client is not None
+        return self._client.publish(topic, payload, qos=1, retain=retain)
+
+    def _step(self) -> None:
+        self._settle()
+        if self._announce:
+            self._announce = False
+            self._announce_all()
+        self._publish_acks()
+        while self.connected and not self._stop.is_set():
+            items = self.store.pending(CHANNEL, limit=100, after_seq=self._cursor)
+            for item in items:
+                if not self.connected:
+                    return  # the rest stays in the store for the next connection
+                self._send_event(item)
+            if len(items) < 100:
+                break
+        self._reconcile_states()
+        self._settle()
+
+    def _send_event(self, item: Pending) -> None:
+        self._cursor = item.seq
+        self._track_state(item)
+        if time.time() - item.created_at > self.settings.replay_max_age_s:
+            self.store.record(CHANNEL, item.seq, "given_up", attempt=False, error="expired before the broker was back")
+            self.counts["expired"] += 1
+            return
+        if item.snapshot is not None and self.settings.share_snapshots:
+            try:
+                self._publish(f"{self.prefix}/snapshots/{item.id}", item.snapshot.read_bytes())
+            except OSError:
+                pass  # pruned meanwhile: the event still goes out
+        if self.settings.ha_discovery and item.source not in self._discovered:
+            self._discover(item.source)
+        payload = dict(item.payload, pod=self.pod_id)
+        info = self._publish(self.events_topic(), json.dumps(payload, separators=(",", ":")))
+        self._inflight[info.mid] = ("event", item.seq)
+        self.store.record(CHANNEL, item.seq, "pending")
+        self.counts["published"] += 1
+        state = self._state(item.source, item.run)
+        self._set_state(item.source, state)
+
+    def _settle(self) -> None:
+        """Book the PUBACKs paho reported (delivered flags, ack-sent flags)."""
+        while self._acked:
+            mid, ok, reason = self._acked.popleft()
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue
+            if entry[0] == "event":
+                seq = entry[1]
+                if ok:
+                    self.store.record(CHANNEL, seq, "delivered", attempt=False)
+                    self.counts["delivered"] += 1
+                else:
+                    self.store.record(CHANNEL, seq, "given_up", attempt=False, error=f"broker refused: {reason}")
+                    self.counts["refused"] += 1
+            elif entry[0] == "ack" and ok:
+                self.store.mark_ack_sent(entry[1], entry[2])
+
+    def _is_acked(self, mid: int) -> bool:
+        return any(m == mid for m, _, _ in list(self._acked))
+
+    def _publish_acks(self) -> None:
+        if not self.settings.share_events:
+            return
+        in_flight = {e[1] for e in self._inflight.values() if e[0] == "ack"}
+        for ack in self.store.pending_acks():
+            if ack["id"] in in_flight or not self.connected:
+                continue
+            info = self._publish(f"{self.prefix}/acks", json.dumps(dict(ack, pod=self.pod_id)))
+            self._inflight[info.mid] = ("ack", ack["id"], ack["at"])
+
+    # ---------------------------------------------------------------- camera state
+    def _track_state(self, item: Pending) -> None:
+        down = self._down.setdefault(item.source, set())
+        key = (item.run, item.track_id)
+        if item.type in DOWN_TYPES:
+            down.add(key)
+        elif item.type == "fall_cleared":
+            down.discard(key)
+
+    def _state(self, source: str, run: str | None) -> str:
+        """ON if a track of that run is down: tracks of an older run died with their process."""
+        return "ON" if any(r == run for r, _ in self._down.get(source, ())) else "OFF"
+
+    def _set_state(self, source: str, state: str) -> None:
+        if self._published_state.get(source) != state:
+            self._publish(self.state_topic(source), state, retain=True)
+            self._published_state[source] = state
+
+    def _reconcile_states(self) -> None:
+        for source in list(self._published_state):
+            self._set_state(source, self._state(source, self.store.run_id))
+
+    def _discover(self, source: str) -> None:
+        self._publish(self.discovery_topic(source), json.dumps(self.discovery_config(source)), retain=True)
+        self._discovered.add(source)
+
+    def _announce_all(self) -> None:
+        """On (re)connect: online, discovery, and every camera's current state (retained)."""
+        self._publish(self.availability_topic, "online", retain=True)
+        with self._lock:
+            sources = set(self._sources) | set(self.store.sources())
+        for source in sorted(sources):
+            if self.settings.ha_discovery and source not in self._discovered:
+                self._discover(source)
+            state = self._state(source, self.store.run_id)
+            self._publish(self.state_topic(source), state, retain=True)
+            self._published_state[source] = state
+
+    def stats(self) -> dict:
+        return {"connected": self.connected, "inflight": len(self._inflight),
+                **{k: self.counts[k] for k in ("connects", "published", "delivered", "refused", "expired",
+                                               "remote_events", "remote_duplicates", "remote_errors")}}

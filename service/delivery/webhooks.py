@@ -1,0 +1,270 @@
+"""Signed webhooks: every event of this pod POSTed to each configured URL, retried from the store.
+
+Signing follows the Standard Webhooks specification (https://www.standardwebhooks.com): headers
+`webhook-id` (the event id, the same on every retry, so receivers drop duplicates),
+`webhook-timestamp` (unix seconds of this attempt) and `webhook-signature: v1,<base64 HMAC-SHA256
+of "{id}.{timestamp}.{body}">` keyed with the base64-decoded secret (`whsec_...`).
+
+Each endpoint has its own thread and reads its undelivered events from the store in order: a slow
+or dead endpoint only delays itself. A failed attempt is retried with exponential backoff and
+jitter (or after `Retry-After` when the endpoint sends one) until `max_retry_s` after the event was
+stored; 410 Gone disables the endpoint until restart, as the specification asks.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import hashlib
+import hmac
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from service.store import AlertStore, Pending
+
+log = logging.getLogger(__name__)
+SECRET_PREFIX = "whsec_"
+
+
+def decode_secret(secret: str) -> bytes:
+    """The signing key of a Standard Webhooks secret: base64 after an optional `whsec_` prefix."""
+    raw = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("webhook secret must be base64 (optionally prefixed 'whsec_')") from exc
+    if len(key) < 16:
+        raise ValueError("webhook secret must decode to at least 16 bytes (24-64 recommended)")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>` (Standard Webhooks)."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def verify(key: bytes, headers: dict[str, str], body: bytes, tolerance_s: float = 300.0) -> bool:
+    """Receiver side, for docs and tools: signature matches and the timestamp is recent."""
+    h = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, ts = h["webhook-id"], int(h["webhook-timestamp"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - ts) > tolerance_s:
+        return False
+    expected = sign(key, msg_id, ts, body)
+    return any(hmac.compare_digest(expected, s) for s in h.get("webhook-signature", "").split())
+
+
+class WebhookEndpoint(BaseModel):
+    """One receiver of events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http:// or https:// URL that receives every event as a signed JSON POST.")
+    secret: SecretStr = Field(description="Signing secret as in Standard Webhooks: 'whsec_' + base64 of "
+                                          "24-64 random bytes (e.g. `python -c \"import os,base64;"
+                                          "print('whsec_'+base64.b64encode(os.urandom(32)).decode())\"`).")
+    name: str | None = Field(None, description="Label in logs and metrics; default: the URL's host and path.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook URL must be an http:// or https:// URL with a host, got {url!r}")
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _valid_secret(cls, secret: SecretStr) -> SecretStr:
+        decode_secret(secret.get_secret_value())
+        return secret
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+    @property
+    def channel(self) -> str:
+        """Store channel name: stable across restarts and reordering, no secret in it."""
+        return "webhook:" + hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+
+class WebhookSettings(BaseModel):
+    """Webhook delivery (`FALLDET_WEBHOOKS__...`); off while `endpoints` is empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoints: list[WebhookEndpoint] = Field(
+        default_factory=list, description='Receivers, e.g. FALLDET_WEBHOOKS__ENDPOINTS=\'[{"url": '
+                                          '"https://example.org/hook", "secret": "whsec_..."}]\'.')
+    timeout_s: float = Field(5.0, gt=0, description="Seconds one POST may take (connect + response).")
+    max_retry_s: float = Field(3600.0, gt=0, description="Retry an event for at most this long after it "
+                                                        "was stored, then give it up (bounded retries).")
+    backoff_initial_s: float = Field(1.0, gt=0, description="Delay before the first retry; doubles each time.")
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest delay between two attempts (before jitter).")
+
+
+def retry_after_s(value: str | None, now: float) -> float | None:
+    """Seconds asked by a `Retry-After` header (delta-seconds or HTTP date), None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff_s(attempts: int, settings: WebhookSettings, rng: random.Random) -> float:
+    """Exponential backoff with jitter: base * 2^(n-1), capped, times a factor in [0.5, 1)."""
+    base = min(settings.backoff_max_s, settings.backoff_initial_s * 2 ** max(0, attempts - 1))
+    return base * rng.uniform(0.5, 1.0)
+
+
+class WebhookSender:
+    """Delivers the store's events to one endpoint from its own thread, in order."""
+
+    BATCH = 20
+
+    def __init__(self, endpoint: WebhookEndpoint, settings: WebhookSettings, store: AlertStore,
+                 pod_id: str | None = None, transport: httpx.BaseTransport | None = None) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self.store = store
+        self.pod_id = pod_id
+        self._key = decode_secret(endpoint.secret.get_secret_value())
+        self._transport = transport
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: httpx.Client | None = None
+        self._rng = random.Random()
+        self.disabled = False
+        self.counts: Counter[str] = Counter()  # attempts, delivered, failed, given_up
+        self.last_status: int | None = None
+
+    @property
+    def channel(self) -> str:
+        return self.endpoint.channel
+
+    def start(self) -> None:
+        self.store.register_channel(self.channel)
+        # Made here, not in the thread: building its TLS context takes tens of ms, not on the first alert.
+        self._client = httpx.Client(timeout=self.settings.timeout_s, transport=self._transport,
+                                    headers={"user-agent": "falldet-webhooks/1"})
+        self._thread = threading.Thread(target=self._run, name=f"webhook-{self.endpoint.label}", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self, wait: bool = True) -> None:
+        """Ask the thread to end (a POST in progress finishes or times out first); wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if wait and self._thread is not None:
+            self._thread.join(timeout=self.settings.timeout_s + 2)
+
+    def _run(self) -> None:
+        with self._client as client:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    delay = self.step(client)
+                except Exception:  # store trouble: retry later, never kill the sender
+                    log.exception("webhook sender %s failed a step", self.endpoint.label)
+                    delay = 5.0
+                if self._stop.is_set():
+                    break
+                self._wake.wait(delay)
+
+    def step(self, client: httpx.Client) -> float | None:
+        """Send what is due, oldest first; return seconds until the next due attempt (None: idle)."""
+        if self.disabled:
+            return None
+        items = self.store.pending(self.channel, limit=self.BATCH)
+        for item in items:
+            if self._stop.is_set():
+                return 0.0
+            now = time.time()
+            if item.next_attempt_at is not None and item.next_attempt_at > now:
+                return item.next_attempt_at - now  # head of line waits; later events keep their order
+            retry_in = self._attempt(client, item)
+            if retry_in is not None:
+                return retry_in
+            if self.disabled:
+                return None
+        return 0.0 if len(items) == self.BATCH else None
+
+    def _body(self, item: Pending) -> bytes:
+        payload = dict(item.payload)
+        if self.pod_id is not None:
+            payload["pod"] = self.pod_id
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    def _attempt(self, client: httpx.Client, item: Pending) -> float | None:
+        """One POST; books the outcome. Returns the retry delay, or None when the item is settled."""
+        deadline = item.created_at + self.settings.max_retry_s  # every event gets at least one try
+        now = time.time()
+        body = self._body(item)
+        ts = int(now)
+        headers = {"content-type": "application/json", "webhook-id": item.id,
+                   "webhook-timestamp": str(ts), "webhook-signature": sign(self._key, item.id, ts, body)}
+        status, error, wait_hint = None, None, None
+        self.counts["attempts"] += 1
+        try:
+            response = client.post(self.endpoint.url, content=body, headers=headers)
+            status = response.status_code
+            wait_hint = retry_after_s(response.headers.get("retry-after"), time.time())
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_status = status
+        if status is not None and 200 <= status < 300:
+            self.store.record(self.channel, item.seq, "delivered", status=status)
+            self.counts["delivered"] += 1
+            return None
+        self.counts["failed"] += 1
+        if status == 410:  # Gone: the receiver asks us to stop (Standard Webhooks)
+            self._give_up(item, status, "410 Gone: endpoint disabled until restart", attempted=True)
+            self.disabled = True
+            log.warning("webhook %s answered 410 Gone: disabled", self.endpoint.label)
+            return None
+        error = error or f"HTTP {status}"
+        if time.time() >= deadline:
+            self._give_up(item, status, f"{error}; retry time exhausted", attempted=True)
+            return None
+        delay = backoff_s(item.attempts + 1, self.settings, self._rng)
+        if wait_hint is not None:
+            delay = max(delay, wait_hint)
+        next_at = min(time.time() + delay, deadline)  # the last try lands on the deadline
+        self.store.record(self.channel, item.seq, "pending", status=status, error=error, next_attempt_at=next_at)
+        log.info("webhook %s: event %s failed (%s), retry in %.1f s", self.endpoint.label, item.id, error,
+                 next_at - time.time())
+        return max(0.0, next_at - time.time())
+
+    def _give_up(self, item: Pending, status: int | None, error: str, attempted: bool) -> None:
+        self.store.record(self.channel, item.seq, "given_up", attempt=attempted,
+                          status=status, error=error)
+        self.counts["given_up"] += 1
+        log.warning("webhook %s gave up event %s: %s", self.endpoint.label, item.id, error)
+
+    def stats(self) -> dict:
+        return {"endpoint": self.endpoint.label, "channel": self.channel, "disabled": self.disabled,
+                "last_status": self.last_status, **{k: self.counts[k] for k in
+                                                    ("attempts", "delivered", "failed", "given_up")}}

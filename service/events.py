@@ -1,0 +1,188 @@
+"""Fall lifecycle rules: smoothed per-track state in, `fall_alert` / `still_down` / `fall_cleared` out.
+
+Pure: no clock, no threads, no I/O. Every time is a presentation time taken from the track status
+given to `update`, so a test drives the rules with hand-made times and a replayed video gives the
+same events as the live camera did.
+
+One lifecycle per fall of a track (DESIGN.md):
+- onset: the first frame of the track's smoothed `fall` segment (see `service/timeline.py`);
+- `fall_alert` once the fall segment has lasted `confirm_s`, at most one per track per
+  `cooldown_s`: a fall confirmed inside the cooldown is alerted when the cooldown ends if the
+  person is still down then, so a repeat alert is delayed, never a person left on the floor;
+- `still_down` when the person has been down `still_down_s` since onset, then every
+  `still_down_every_s`;
+- `fall_cleared` when an alerted fall ends, with `time_down_s` from onset to the end and a reason:
+  `recovered` (another action took over: the event's frame is the first frame of that segment),
+  `track_lost` (the tracker dropped the track: the event's frame is its last detection), or
+  `source_ended` (the video or stream ended while the person was down: its last frame).
+A fall that ends before it is confirmed raises nothing; it is still recorded for the summary.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from service.timeline import TrackStatus
+
+EventType = Literal["fall_alert", "still_down", "fall_cleared"]
+ClearReason = Literal["recovered", "track_lost", "source_ended"]
+
+
+@dataclass
+class Event:
+    """One message of a fall lifecycle (DESIGN.md); `id` is the same everywhere it goes."""
+
+    id: str  # uuid4 hex, made once; same id in store, REST, WS, MQTT, webhooks
+    type: EventType
+    source: str
+    track_id: int
+    frame: int  # frame that produced the event
+    started_frame: int  # onset of the fall segment
+    pts_s: float  # presentation time of `frame`
+    started_pts_s: float
+    at: float  # wall clock (captured_at) of `frame`
+    box: tuple[float, float, float, float]
+    time_down_s: float  # pts_s - started_pts_s
+    reason: str | None = None  # fall_cleared: "recovered" | "track_lost" | "source_ended"
+    snapshot: bytes | None = None  # JPEG with the box drawn (always for fall_alert)
+
+    def to_json(self) -> dict:
+        """The event line of the results contract: no bytes, `has_snapshot` instead."""
+        return {"type": self.type, "id": self.id, "source": self.source, "track_id": self.track_id,
+                "frame": self.frame, "started_frame": self.started_frame,
+                "pts_s": round(self.pts_s, 4), "started_pts_s": round(self.started_pts_s, 4),
+                "at": round(self.at, 4), "box": [round(float(v), 1) for v in self.box],
+                "time_down_s": round(self.time_down_s, 4), "reason": self.reason,
+                "has_snapshot": self.snapshot is not None}
+
+
+@dataclass
+class FallRecord:
+    """One fall of one track, for the summary: onset, confirmation, time down, how it ended."""
+
+    track_id: int
+    onset_frame: int
+    onset_s: float
+    alert_id: str | None = None
+    alert_frame: int | None = None
+    alert_s: float | None = None
+    still_down: int = 0  # still_down events sent
+    end_frame: int | None = None
+    end_s: float | None = None
+    reason: ClearReason | None = None  # None while the fall goes on
+
+    def to_json(self) -> dict:
+        r = _round
+        return {"track_id": self.track_id, "onset_frame": self.onset_frame, "onset_s": r(self.onset_s),
+                "confirmed": self.alert_id is not None, "alert_id": self.alert_id,
+                "confirmed_frame": self.alert_frame, "confirmed_s": r(self.alert_s),
+                "confirm_delay_s": r(None if self.alert_s is None else self.alert_s - self.onset_s),
+                "still_down_events": self.still_down, "end_frame": self.end_frame, "end_s": r(self.end_s),
+                "time_down_s": r(None if self.end_s is None else self.end_s - self.onset_s),
+                "recovered": self.reason == "recovered", "end_reason": self.reason}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+@dataclass
+class _TrackState:
+    fall: FallRecord | None = None
+    last_alert_s: float | None = None
+    next_still_s: float = float("inf")
+
+
+class FallRules:
+    """The lifecycle of every track of one source. Feed it one `TrackStatus` per live track
+    per frame (observed or not), then `end_track` when a track is lost or the source ends."""
+
+    def __init__(self, source: str, *, confirm_s: float = 1.0, cooldown_s: float = 10.0,
+                 still_down_s: float = 60.0, still_down_every_s: float = 60.0) -> None:
+        if still_down_every_s <= 0:
+            raise ValueError("still_down_every_s must be positive")
+        self.source = source
+        self.confirm_s = confirm_s
+        self.cooldown_s = cooldown_s
+        self.still_down_s = still_down_s
+        self.still_down_every_s = still_down_every_s
+        self.falls: list[FallRecord] = []  # finished falls, oldest first
+        self._tracks: dict[int, _TrackState] = {}
+
+    def ongoing(self) -> list[FallRecord]:
+        return [st.fall for st in self._tracks.values() if st.fall is not None]
+
+    def update(self, status: TrackStatus) -> list[Event]:
+        """Compare the track's previous fall state with `status` and say what changed."""
+        st = self._tracks.setdefault(status.track_id, _TrackState())
+        events: list[Event] = []
+        if status.action != "fall":
+            if st.fall is not None:  # recovered: the segment after the fall started then
+                events += self._finish(st, status.start_frame, status.start_pts_s, status.start_at,
+                                       status.box, "recovered")
+            return events
+        if st.fall is not None and st.fall.onset_frame != status.start_frame:
+            # A new fall segment without a visible other action in between (not produced by the
+            # timeline, but keep the lifecycle one per segment if it ever happens).
+            events += self._finish(st, status.start_frame, status.start_pts_s, status.start_at,
+                                   status.box, "recovered")
+        if st.fall is None:
+            st.fall = FallRecord(track_id=status.track_id, onset_frame=status.start_frame,
+                                 onset_s=status.start_pts_s)
+        fall = st.fall
+        if fall.alert_id is None:
+            confirmed = status.pts_s - fall.onset_s >= self.confirm_s
+            cooled = st.last_alert_s is None or status.pts_s - st.last_alert_s >= self.cooldown_s
+            if confirmed and cooled:
+                event = self._event("fall_alert", status, fall, status.frame, status.pts_s, status.at,
+                                    status.box)
+                fall.alert_id, fall.alert_frame, fall.alert_s = event.id, status.frame, status.pts_s
+                st.last_alert_s = status.pts_s
+                st.next_still_s = fall.onset_s + self.still_down_s
+                events.append(event)
+        elif status.pts_s >= st.next_still_s:
+            events.append(self._event("still_down", status, fall, status.frame, status.pts_s,
+                                      status.at, status.box))
+            fall.still_down += 1
+            while st.next_still_s <= status.pts_s:  # one message per check, even after a gap
+                st.next_still_s += self.still_down_every_s
+        return events
+
+    def end_track(self, status: TrackStatus, reason: Literal["track_lost", "source_ended"]
+                  ) -> list[Event]:
+        """The track is gone (`track_lost`: down until its last detection) or the source ended
+        (`source_ended`: down until `status.frame`, the source's last frame)."""
+        st = self._tracks.pop(status.track_id, None)
+        if st is None or st.fall is None:
+            return []
+        if reason == "track_lost":
+            seen = status.last_seen
+            return self._finish(st, seen.frame, seen.pts_s, seen.at, seen.box, reason)
+        return self._finish(st, status.frame, status.pts_s, status.at, status.box, reason)
+
+    def prune(self, before_s: float) -> None:
+        """Live sources: forget finished falls that ended before `before_s`."""
+        self.falls = [f for f in self.falls if f.end_s is None or f.end_s >= before_s]
+
+    def _finish(self, st: _TrackState, frame: int, pts_s: float, at: float,
+                box: tuple[float, float, float, float], reason: ClearReason) -> list[Event]:
+        fall = st.fall
+        assert fall is not None
+        fall.end_frame, fall.end_s, fall.reason = frame, pts_s, reason
+        self.falls.append(fall)
+        st.fall = None
+        st.next_still_s = float("inf")
+        if fall.alert_id is None:
+            return []
+        event = Event(id=uuid.uuid4().hex, type="fall_cleared", source=self.source,
+                      track_id=fall.track_id, frame=frame, started_frame=fall.onset_frame,
+                      pts_s=pts_s, started_pts_s=fall.onset_s, at=at, box=box,
+                      time_down_s=pts_s - fall.onset_s, reason=reason)
+        return [event]
+
+    def _event(self, type_: EventType, status: TrackStatus, fall: FallRecord, frame: int,
+               pts_s: float, at: float, box: tuple[float, float, float, float]) -> Event:
+        return Event(id=uuid.uuid4().hex, type=type_, source=self.source, track_id=status.track_id,
+                     frame=frame, started_frame=fall.onset_frame, pts_s=pts_s,
+                     started_pts_s=fall.onset_s, at=at, box=tuple(box), time_down_s=pts_s - fall.onset_s)

@@ -1,0 +1,170 @@
+"""The detector at run time: one onnxruntime session over the exported model, no torch.
+
+Pre-processing is exactly that of `../shared/tools/evaluate_detector.py` (centred letterbox, pad 114,
+INTER_LINEAR, RGB / 255), so what the service reports is what the evaluator scored. The file holds
+the final scoring and NMS (DESIGN.md, contract 1); this module only letterboxes, batches and maps
+boxes back to each frame's pixels.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from service.frames import Person
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+PAD = 114
+DEFAULT_CHUNK = 32  # largest batch sent in one run when the model's batch axis is dynamic
+
+Provider = str | tuple[str, dict]
+
+
+def choose_providers(requested: Sequence[str] = (), tensorrt: bool = False,
+                     trt_cache: Path | None = None) -> list[Provider]:
+    """Providers to ask for: the requested ones, else [TensorRT,] CUDA when available, then CPU.
+
+    onnxruntime-gpu lists CUDA as available even with no GPU; the session then falls back to CPU,
+    which is why `Runtime.providers` reads what the session really uses.
+    """
+    if requested:
+        return list(requested)
+    available = set(ort.get_available_providers())
+    chosen: list[Provider] = []
+    if tensorrt and TENSORRT in available:
+        options = {"trt_fp16_enable": True}
+        if trt_cache is not None:
+            trt_cache.mkdir(parents=True, exist_ok=True)  # built engines are reused across restarts
+            options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache)}
+        chosen.append((TENSORRT, options))
+    if CUDA in available:
+        chosen.append(CUDA)
+    chosen.append(CPU)
+    return chosen
+
+
+def runtime_from_settings(settings: "Settings") -> "Runtime":
+    """The Runtime the service settings ask for (providers, TensorRT cache under the state folder)."""
+    providers = choose_providers(settings.providers, settings.tensorrt, Path(settings.state_dir) / "trt")
+    return Runtime(settings.model, providers, settings.score_threshold, settings.iou_threshold)
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
+    """Fit `image` (HxWx3 uint8) into size x size keeping its aspect, centred on grey 114.
+
+    Returns (canvas, ratio, left, top): original pixel x maps to x * ratio + left.
+    """
+    h, w = image.shape[:2]
+    r = min(size / h, size / w)
+    nh, nw = round(h * r), round(w * r)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    canvas = np.full((size, size, 3), PAD, np.uint8)
+    canvas[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return canvas, r, left, top
+
+
+class ModelContractError(ValueError):
+    """The ONNX file does not follow DESIGN.md's model contract."""
+
+
+class Runtime:
+    """Owns one `onnxruntime.InferenceSession`; thread-compatible (the worker calls it from one thread)."""
+
+    def __init__(self, model_path: Path, providers: Sequence[Provider] | None = None,
+                 score_threshold: float = 0.25, iou_threshold: float = 0.7) -> None:
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise FileNotFoundError(f"model not found: {model_path} (set FALLDET_MODEL or --model)")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # a missing CUDA library is reported below, once, by us
+        requested = list(providers) if providers else choose_providers()
+        self.session = ort.InferenceSession(str(model_path), options, providers=requested)
+        self.model_path = model_path
+        self.providers: list[str] = self.session.get_providers()
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._read_contract()
+        wanted = [p if isinstance(p, str) else p[0] for p in requested]
+        log.info("model %s on %s (asked for %s), imgsz %d, classes %s", model_path.name,
+                 self.providers, wanted, self.imgsz, self.names)
+        if wanted and wanted[0] != self.providers[0]:
+            log.warning("provider %s is not in use; running on %s", wanted[0], self.providers[0])
+
+    def _read_contract(self) -> None:
+        meta = self.metadata
+        missing = [k for k in ("names", "imgsz") if k not in meta]
+        if missing:
+            raise ModelContractError(f"model metadata lacks {missing}")
+        self.names: list[str] = list(json.loads(meta["names"]))
+        self.imgsz: int = int(meta["imgsz"])
+        self.stride: int = int(meta.get("stride", 32))
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "images" not in inputs:
+            raise ModelContractError("model has no input 'images'")
+        if "detections" not in [o.name for o in self.session.get_outputs()]:
+            raise ModelContractError("model has no output 'detections'")
+        batch = inputs["images"].shape[0]
+        self.max_chunk: int = batch if isinstance(batch, int) and batch > 0 else DEFAULT_CHUNK
+        self.extra_inputs: dict[str, np.ndarray] = {}
+        if "score_threshold" in inputs:
+            self.extra_inputs["score_threshold"] = np.array([self.score_threshold], np.float32)
+        if "iou_threshold" in inputs:
+            self.extra_inputs["iou_threshold"] = np.array([self.iou_threshold], np.float32)
+
+    @property
+    def device(self) -> str:
+        """`"cuda"`, `"tensorrt"` or `"cpu"`: the provider that runs the model."""
+        return {CUDA: "cuda", TENSORRT: "tensorrt"}.get(self.providers[0], "cpu")
+
+    def detect(self, images: list[np.ndarray], rgb: bool = False) -> list[list[Person]]:
+        """Persons in each image (HxWx3 uint8, BGR unless `rgb`), boxes in that image's pixels."""
+        results: list[list[Person]] = []
+        for start in range(0, len(images), self.max_chunk):
+            results.extend(self._detect_chunk(images[start:start + self.max_chunk], rgb))
+        return results
+
+    def warmup(self, batch: int = 1) -> None:
+        """One run on grey frames, so the first real frame does not pay for lazy initialisation."""
+        self.detect([np.full((self.imgsz, self.imgsz, 3), PAD, np.uint8)] * batch)
+
+    def _detect_chunk(self, images: list[np.ndarray], rgb: bool) -> list[list[Person]]:
+        size = self.imgsz
+        batch = np.empty((len(images), 3, size, size), np.float32)
+        geometry = []
+        for i, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected HxWx3 uint8 images, got {image.shape} {image.dtype}")
+            canvas, r, left, top = letterbox(image, size)
+            chw = canvas.transpose(2, 0, 1) if rgb else canvas[:, :, ::-1].transpose(2, 0, 1)
+            np.divide(chw, 255.0, out=batch[i], dtype=np.float32)
+            geometry.append((r, left, top, image.shape[1], image.shape[0]))
+        out = self.session.run(["detections"], {"images": batch, **self.extra_inputs})[0]
+        if out.ndim != 3 or out.shape[0] != len(images) or out.shape[2] != 6:
+            raise ModelContractError(f"'detections' has shape {out.shape}, expected [{len(images)}, K, 6]")
+        return [self._to_persons(rows, *geo) for rows, geo in zip(out, geometry)]
+
+    def _to_persons(self, rows: np.ndarray, r: float, left: int, top: int, w: int, h: int) -> list[Person]:
+        """Rows `x1 y1 x2 y2 score class` in letterbox pixels -> persons in frame pixels, clipped."""
+        keep = (rows[:, 4] > 0) & (rows[:, 4] >= self.score_threshold)
+        rows = rows[keep]  # float32 arithmetic, exactly as the evaluator maps boxes
+        xs = np.clip((rows[:, [0, 2]] - left) / r, 0, w)
+        ys = np.clip((rows[:, [1, 3]] - top) / r, 0, h)
+        persons = []
+        for (x1, x2), (y1, y2), score, cls in zip(xs, ys, rows[:, 4], rows[:, 5]):
+            class_id = int(cls)
+            if 0 <= class_id < len(self.names):
+                persons.append(Person((float(x1), float(y1), float(x2), float(y2)), float(score), class_id))
+        return persons

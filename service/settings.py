@@ -1,0 +1,116 @@
+"""Service settings from the environment (`FALLDET_*`), one typed object for the whole service.
+
+Nested groups use `__`: `FALLDET_PIPELINE__CONFIRM_S=1.5`, `FALLDET_MQTT__HOST=broker`. Lists
+(`FALLDET_API_KEYS`, `FALLDET_PROVIDERS`) are comma-separated. Paths under the state folder
+follow `FALLDET_STATE_DIR` unless set on their own. The API keys are not invented here: the app
+factory makes a random one at start when the list is empty (see `service/app.py`).
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.delivery.mqtt import MqttSettings
+from service.delivery.webhooks import WebhookSettings
+from service.pipeline import PipelineSettings
+from service.sources.rtsp import RtspSettings
+from service.store import RetentionSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "fall-detector.onnx"
+
+
+def default_data_dir() -> Path:
+    """`FALLDET_DATA`, else `../shared/data` beside the repository (tests and tools use this too)."""
+    return Path(os.environ.get("FALLDET_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+def _split_commas(value: object) -> object:
+    """`"a, b,,c"` -> `["a", "b", "c"]`; lists (from code or a JSON env value) pass through."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment; every field is `FALLDET_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="FALLDET_", env_nested_delimiter="__", extra="ignore",
+                                      validate_default=True)
+
+    model: Path = Field(DEFAULT_MODEL, description="ONNX detector to load (contract in DESIGN.md)")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="onnxruntime execution providers in order of preference, comma-separated; "
+                    "empty: CUDA when this onnxruntime has it, then CPU")
+    tensorrt: bool = Field(False, description="try the TensorRT provider before CUDA (engine cache "
+                                              "under STATE_DIR/trt); only used when PROVIDERS is empty")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="accepted API keys, comma-separated; empty: one random key is made at start and "
+                    "printed once")
+    state_dir: Path = Field(Path("state"), description="folder for the alert store, snapshots and "
+                                                        "the stream list (relative to the working dir)")
+    db: Path | None = Field(None, description="alert store SQLite file; default STATE_DIR/alerts.db")
+    snapshot_dir: Path | None = Field(None, description="alert snapshots (JPEG); default "
+                                                         "STATE_DIR/snapshots")
+    streams_file: Path | None = Field(None, description="registered cameras (JSON list of {id, url}), "
+                                                         "restored at start; default "
+                                                         "STATE_DIR/streams.json")
+    data: Path = Field(default_factory=default_data_dir, description="shared data folder (tests, "
+                                                                      "benchmarks)")
+    max_upload_mb: float = Field(200, gt=0, description="largest accepted upload (image or video), MiB; "
+                                                         "larger: 413")
+    max_streams: int = Field(16, ge=0, description="most cameras registered at once")
+    max_batch: int = Field(8, ge=1, description="most frames in one inference call")
+    max_wait_ms: float = Field(4.0, ge=0, description="longest the worker waits to fill a batch")
+    score_threshold: float = Field(0.25, ge=0, le=1, description="minimum detection score")
+    iou_threshold: float = Field(0.7, ge=0, le=1, description="NMS IoU threshold (when the model "
+                                                               "takes it as an input)")
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings,
+                                       description="tracking, smoothing and fall rules")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT delivery and "
+                                                                        "cross-pod events")
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings, description="signed webhooks")
+    rtsp: RtspSettings = Field(default_factory=RtspSettings, description="camera readers: timeouts, "
+                                                                         "reconnect backoff")
+    retention: RetentionSettings = Field(default_factory=RetentionSettings, description="how long alert "
+                                                                                        "snapshots are kept")
+    shard_index: int = Field(0, ge=0, description="this pod's shard: it runs the cameras whose id hashes "
+                                                  "to it (Kubernetes StatefulSet ordinal)")
+    shard_count: int = Field(1, ge=1, description="number of shards (pods) the cameras are spread over")
+
+    _split = field_validator("providers", "api_keys", mode="before")(_split_commas)
+
+    @model_validator(mode="after")
+    def _fill_state_paths(self) -> "Settings":
+        """Paths left unset live under the state folder; the shard must exist."""
+        if self.shard_index >= self.shard_count:
+            raise ValueError(f"shard_index {self.shard_index} must be below shard_count {self.shard_count}")
+        if self.db is None:
+            self.db = self.state_dir / "alerts.db"
+        if self.snapshot_dir is None:
+            self.snapshot_dir = self.state_dir / "snapshots"
+        if self.streams_file is None:
+            self.streams_file = self.state_dir / "streams.json"
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once (tests build their own `Settings` instead)."""
+    return Settings()

@@ -1,0 +1,168 @@
+"""A whole video (an upload or a local file): PyAV decoding into Frames, every frame in order, and
+the analysis loop that runs them through the worker and a SourcePipeline.
+
+`probe_video` opens the container and decodes its first frame, so a corrupt or non-video file is
+refused (`CorruptVideoError`, a clear reason) before any result has been promised to the client.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
+
+import av
+
+from service.frames import Frame
+from service.worker import InferenceWorker, infer_in_order
+
+log = logging.getLogger(__name__)
+
+VideoInput = str | Path | BinaryIO
+
+
+class CorruptVideoError(ValueError):
+    """The input is not a decodable video; `reason` says why, in words fit for an API client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotAVideoError(CorruptVideoError):
+    """No container PyAV can read, or no video stream in it (an API answers 415, not 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    """What the container says about its first video stream."""
+
+    container: str
+    codec: str
+    width: int
+    height: int
+    fps: float  # average frame rate, 0 when unknown
+    frames: int  # frame count from the header, 0 when unknown (decoding is the truth)
+    duration_s: float  # 0 when unknown
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _open(src: VideoInput) -> av.container.InputContainer:
+    if hasattr(src, "seek"):
+        src.seek(0)
+    try:
+        container = av.open(src if hasattr(src, "read") else str(src), mode="r")
+    except FileNotFoundError:
+        raise
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise NotAVideoError(f"not a readable video container ({_why(exc)})") from exc
+    if not container.streams.video:
+        container.close()
+        raise NotAVideoError("the file has no video stream")
+    return container
+
+
+def _why(exc: BaseException) -> str:
+    """FFmpeg's message without errno noise: 'Invalid data found when processing input'."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return str(text).split(": '")[0]
+
+
+def probe_video(src: VideoInput) -> VideoInfo:
+    """Open `src` and decode its first frame; raise CorruptVideoError when either fails."""
+    container = _open(src)
+    try:
+        stream = container.streams.video[0]
+        try:
+            first = next(container.decode(stream), None)
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            raise CorruptVideoError(f"the video stream cannot be decoded ({_why(exc)})") from exc
+        if first is None:
+            raise CorruptVideoError("the video stream has no frames")
+        rate = stream.average_rate or stream.guessed_rate
+        duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
+            container.duration / 1e6 if container.duration else 0.0)
+        return VideoInfo(container=container.format.name, codec=stream.codec_context.name,
+                         width=first.width, height=first.height, fps=float(rate) if rate else 0.0,
+                         frames=int(stream.frames or 0), duration_s=round(duration, 3))
+    finally:
+        container.close()
+        if hasattr(src, "seek"):
+            src.seek(0)
+
+
+def iter_frames(src: VideoInput, source: str, clock: Callable[[], float] = time.time,
+                stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
+    """Every decoded frame of the first video stream as a BGR Frame, `pts_s` from the stream start.
+
+    A decoding error after the first frame raises CorruptVideoError (frames before it were yielded);
+    `stop()` returning True ends the iteration early (a client that went away).
+    """
+    container = _open(src)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        base = stream.time_base
+        start = stream.start_time or 0
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        index = 0
+        decoded = container.decode(stream)
+        while not stop():
+            try:
+                frame = next(decoded, None)
+            except (av.FFmpegError, ValueError, OSError) as exc:
+                raise CorruptVideoError(f"decoding failed after frame {index - 1} ({_why(exc)})") from exc
+            if frame is None:
+                return
+            pts_s = float((frame.pts - start) * base) if frame.pts is not None and base else index / rate
+            yield Frame(source=source, index=index, pts_s=pts_s, captured_at=clock(),
+                        image=frame.to_ndarray(format="bgr24"))
+            index += 1
+    finally:
+        container.close()
+
+
+class StepPipeline(Protocol):
+    """What `analyze` needs of `service.pipeline.SourcePipeline`."""
+
+    def step(self, frame: Frame, persons: list, latency_ms: float, dropped: int) -> tuple: ...
+    def finish(self) -> list: ...
+    def summary(self) -> dict: ...
+
+
+def analyze(frames: Iterable[Frame], worker: InferenceWorker, pipeline: StepPipeline,
+            video: VideoInfo | None = None, window: int | None = None) -> Iterator[dict]:
+    """The lines of a whole-video analysis, shared by `POST /v1/videos` and `python -m service analyze`.
+
+    One `"type": "frame"` line per decoded frame, event lines as the fall rules raise them, and a
+    final `"type": "summary"` line. A decoding error part-way gives an `"type": "error"` line, then
+    the events that close open falls and the summary of what was decoded.
+    """
+    started = time.perf_counter()
+    count = 0
+    error = None
+    try:
+        for frame, persons in infer_in_order(worker, frames, window or 2 * worker.max_batch):
+            latency_ms = (time.time() - frame.captured_at) * 1000.0
+            result, events = pipeline.step(frame, persons, latency_ms, 0)
+            count += 1
+            yield result.to_json()
+            for event in events:
+                yield event.to_json()
+    except CorruptVideoError as exc:
+        error = exc.reason
+        yield {"type": "error", "reason": exc.reason, "frames": count}
+    for event in pipeline.finish():
+        yield event.to_json()
+    summary = dict(pipeline.summary())
+    summary.setdefault("type", "summary")
+    summary.setdefault("frames", count)
+    summary.setdefault("elapsed_s", round(time.perf_counter() - started, 3))
+    if video is not None:
+        summary.setdefault("video", video.to_json())
+    if error is not None:
+        summary.setdefault("error", error)
+    yield summary

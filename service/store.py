@@ -1,0 +1,596 @@
+"""The alert store: every fall event, its snapshot, its acknowledgement and its delivery state.
+
+Why plain `sqlite3` with a versioned schema (PRAGMA user_version + a list of migration scripts)
+rather than SQLAlchemy + Alembic: three tables, a dozen statements, and one process per database;
+an ORM and a migration tool would be two dependencies and a migrations folder to ship for that.
+The migration list below is append-only: a new version is a new script, applied in one transaction.
+
+Durability (why the settings are what they are):
+- WAL journal: readers (the REST API) never block the writer (the event bus) and vice versa.
+- Events and acknowledgements are written on a connection with `synchronous=FULL`: in WAL mode
+  that fsyncs the log on every commit, so an alert that was announced survives a power cut, not
+  only a crash of the process (`NORMAL` is durable against a crash but may lose the last commits
+  when the machine loses power). Alerts are rare, so one fsync each costs nothing that matters.
+- Delivery bookkeeping (attempts, delivered flags) is written on a second connection with
+  `synchronous=NORMAL`: losing a "delivered" flag to a power cut only means a resend, which
+  receivers already drop by event id (delivery is at-least-once).
+- The snapshot JPEG is written to a temporary file, fsynced, renamed into place and its folder
+  fsynced BEFORE the row commits, so a row never points at a missing or half-written file.
+
+All methods are thread-safe (one lock around both connections). Alert JSON is the event's
+`to_json()` plus `acked`, `ack`, `snapshot_url` and `origin` (None for this pod's events, else the
+pod that raised it and sent it over the broker).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # event ids become file names: nothing else passes
+STATES = ("open", "acked", "all")
+EVENT_TYPES = ("fall_alert", "still_down", "fall_cleared")
+Outcome = Literal["pending", "delivered", "given_up"]
+
+# Append-only. Index i brings the schema from version i to version i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- store order = delivery order
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        source TEXT NOT NULL,
+        track_id INTEGER,
+        at REAL NOT NULL,                        -- wall clock of the event's frame
+        created_at REAL NOT NULL,                -- when it was stored
+        run TEXT,                                -- the process run that raised it (NULL: mirrored)
+        origin TEXT,                             -- NULL: raised here; else the pod that raised it
+        body TEXT NOT NULL,                      -- Event.to_json()
+        snapshot TEXT,                           -- path relative to the snapshot folder
+        snapshot_bytes INTEGER NOT NULL DEFAULT 0,
+        acked_at REAL,
+        acked_by TEXT,
+        ack_comment TEXT,
+        ack_sent INTEGER NOT NULL DEFAULT 1      -- 0: a local ack not yet shared with other pods
+    );
+    CREATE INDEX events_at ON events(at);
+    CREATE INDEX events_source_at ON events(source, at);
+    CREATE INDEX events_snapshot_at ON events(at) WHERE snapshot IS NOT NULL;
+    CREATE INDEX events_ack_unsent ON events(seq) WHERE ack_sent = 0;
+    CREATE TABLE channels (                      -- one per delivery target (mqtt, each webhook)
+        name TEXT PRIMARY KEY,
+        start_seq INTEGER NOT NULL,              -- events up to here predate the channel: not sent
+        done_seq INTEGER NOT NULL,               -- every event up to here is delivered or given up
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE deliveries (
+        channel TEXT NOT NULL,
+        seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        first_attempt_at REAL,
+        last_attempt_at REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        next_attempt_at REAL,
+        delivered_at REAL,
+        given_up_at REAL,
+        PRIMARY KEY (channel, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_seq ON deliveries(seq);
+    """,
+)
+
+
+class EventLike(Protocol):
+    """What the store needs of `service.events.Event` (INTERFACES.md)."""
+
+    snapshot: bytes | None
+
+    def to_json(self) -> dict: ...
+
+
+class RetentionSettings(BaseModel):
+    """How long snapshots (and optionally events) are kept; pruned by a background thread."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_max_age_days: float | None = Field(
+        30.0, gt=0, description="Delete snapshot JPEGs older than this many days (the alert row stays). None: keep.")
+    snapshot_max_total_mb: float | None = Field(
+        2048.0, gt=0, description="Delete the oldest snapshots while all of them together exceed this size. None: no cap.")
+    event_max_age_days: float | None = Field(
+        None, gt=0, description="Delete alert rows (and their snapshots) older than this many days. None: keep history.")
+    prune_interval_s: float = Field(600.0, gt=0, description="Seconds between two background prunes.")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An event a channel still has to deliver, with that channel's attempts so far."""
+
+    seq: int
+    id: str
+    source: str
+    type: str
+    track_id: int | None
+    run: str | None
+    created_at: float
+    payload: dict  # the event JSON as sent over MQTT and webhooks (no ack state: it is an event)
+    snapshot: Path | None
+    attempts: int
+    first_attempt_at: float | None
+    next_attempt_at: float | None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """temp file in the same folder -> fsync -> rename -> fsync the folder: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _check_id(alert_id: str) -> str:
+    if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
+        raise ValueError(f"invalid event id {alert_id!r}: expected 1-64 of [A-Za-z0-9_-]")
+    return alert_id
+
+
+class AlertStore:
+    """SQLite (WAL) alert store with snapshots on disk; see the module docstring for guarantees."""
+
+    def __init__(self, db_path: Path, snapshot_dir: Path,
+                 retention: RetentionSettings | None = None) -> None:
+        self.db_path = Path(db_path)
+        self.snapshot_dir = Path(snapshot_dir)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = uuid.uuid4().hex  # this process's run: marks which events it raised
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[], None]] = []
+        self._durable = self._connect("FULL")
+        self._migrate()
+        self._book = self._connect("NORMAL")
+        self._counters = {"pruned_snapshots": 0, "pruned_snapshot_bytes": 0, "pruned_events": 0,
+                          "prune_runs": 0, "prune_errors": 0}
+        self._remove_stale_temp_files()
+        self.retention = retention
+        self._stop = threading.Event()
+        self._pruner: threading.Thread | None = None
+        if retention is not None:
+            self._pruner = threading.Thread(target=self._prune_loop, name="alert-store-pruner", daemon=True)
+            self._pruner.start()
+
+    # ---------------------------------------------------------------- setup
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._durable.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(f"{self.db_path}: schema version {version} is newer than this code "
+                                   f"({len(MIGRATIONS)}); refusing to open it")
+            for target in range(version + 1, len(MIGRATIONS) + 1):
+                # executescript commits first; BEGIN inside the script keeps each step atomic.
+                self._durable.executescript(
+                    f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]}\nPRAGMA user_version={target};\nCOMMIT;")
+                log.info("alert store %s migrated to schema %d", self.db_path, target)
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._durable.execute("PRAGMA user_version").fetchone()[0]
+
+    def _remove_stale_temp_files(self, older_than_s: float = 60.0) -> None:
+        """A crash between temp write and rename leaves a `.tmp` file; nothing points at it."""
+        cutoff = time.time() - older_than_s
+        for tmp in self.snapshot_dir.rglob(".*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except OSError:
+                pass
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Called (without arguments, outside the lock) after an event or an ack commits."""
+        self._listeners.append(callback)
+
+    def _changed(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:  # a listener must never break a write that already committed
+                log.exception("alert store listener failed")
+
+    # ---------------------------------------------------------------- writing events
+    def _snapshot_rel(self, alert_id: str, at: float) -> str:
+        day = datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%d")
+        return f"{day}/{alert_id}.jpg"
+
+    def add(self, event: EventLike) -> dict:
+        """Store an event of this pod (snapshot file first, then the row). Idempotent by id."""
+        body = event.to_json()
+        return self._insert(body, event.snapshot, run=self.run_id, origin=None)[0]
+
+    def add_remote(self, payload: dict, origin: str, snapshot: bytes | None = None) -> tuple[dict, bool]:
+        """Mirror an event another pod raised (received over the broker); never delivered from here.
+
+        Returns (alert JSON, inserted): inserted is False for a duplicate id.
+        """
+        required = {"id": str, "type": str, "source": str, "at": (int, float)}
+        for key, kind in required.items():
+            if not isinstance(payload.get(key), kind):
+                raise ValueError(f"remote event lacks a valid {key!r}")
+        if payload["type"] not in EVENT_TYPES or not isinstance(payload.get("track_id"), (int, type(None))):
+            raise ValueError(f"remote event has an unknown type {payload['type']!r} or a bad track_id")
+        body = {k: v for k, v in payload.items() if k not in {"acked", "ack", "snapshot_url", "origin", "pod"}}
+        return self._insert(body, snapshot, run=None, origin=str(origin))
+
+    def _insert(self, body: dict, snapshot: bytes | None, run: str | None, origin: str | None
+                ) -> tuple[dict, bool]:
+        alert_id = _check_id(body.get("id"))
+        at = float(body["at"])
+        with self._lock:
+            known = self._row(alert_id)
+        if known is not None:  # a repeat (QoS 1 redelivery, a resend after a crash): nothing to write
+            return self._alert(known), False
+        rel = None
+        if snapshot:
+            rel = self._snapshot_rel(alert_id, at)
+            write_atomic(self.snapshot_dir / rel, snapshot)  # before the row: never a dangling path
+        track = body.get("track_id")
+        with self._lock:
+            cur = self._durable.execute(
+                "INSERT INTO events (id, type, source, track_id, at, created_at, run, origin, body,"
+                " snapshot, snapshot_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO NOTHING",
+                (alert_id, str(body["type"]), str(body["source"]), int(track) if track is not None else None,
+                 at, time.time(), run, origin, json.dumps(body, separators=(",", ":")), rel,
+                 len(snapshot) if snapshot else 0))
+            inserted = cur.rowcount == 1
+            row = self._row(alert_id)
+        if inserted:
+            self._changed()
+        return self._alert(row), inserted
+
+    def attach_snapshot(self, alert_id: str, jpeg: bytes) -> bool:
+        """Give a mirrored event the snapshot that arrived for it; False if no such row needs one."""
+        alert_id = _check_id(alert_id)
+        with self._lock:
+            row = self._row(alert_id)
+        if row is None or row["snapshot"] is not None or row["origin"] is None or not jpeg:
+            return False
+        rel = self._snapshot_rel(alert_id, row["at"])
+        write_atomic(self.snapshot_dir / rel, jpeg)
+        with self._lock:
+            self._durable.execute("UPDATE events SET snapshot = ?, snapshot_bytes = ? WHERE id = ?",
+                                  (rel, len(jpeg), alert_id))
+        return True
+
+    # ---------------------------------------------------------------- reading
+    def _row(self, alert_id: str) -> sqlite3.Row | None:
+        return self._durable.execute("SELECT * FROM events WHERE id = ?", (alert_id,)).fetchone()
+
+    def _alert(self, row: sqlite3.Row) -> dict:
+        alert = json.loads(row["body"])
+        acked = row["acked_at"] is not None
+        alert["acked"] = acked
+        alert["ack"] = ({"by": row["acked_by"], "at": row["acked_at"], "comment": row["ack_comment"]}
+                        if acked else None)
+        alert["snapshot_url"] = f"/v1/alerts/{row['id']}/snapshot.jpg" if row["snapshot"] else None
+        alert["origin"] = row["origin"]
+        return alert
+
+    def get(self, alert_id: str) -> dict | None:
+        if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
+            return None
+        with self._lock:
+            row = self._row(alert_id)
+        return self._alert(row) if row is not None else None
+
+    def list(self, source: str | None = None, since: float | None = None, until: float | None = None,
+             state: str | None = None, limit: int = 50, offset: int = 0, type: str | None = None) -> dict:
+        """Newest first. state: "open" (not acknowledged), "acked", or None/"all"."""
+        if state not in (None, *STATES):
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        if limit < 1 or offset < 0:
+            raise ValueError("limit must be >= 1 and offset >= 0")
+        where, args = [], []
+        if source is not None:
+            where.append("source = ?"); args.append(source)
+        if since is not None:
+            where.append("at >= ?"); args.append(float(since))
+        if until is not None:
+            where.append("at <= ?"); args.append(float(until))
+        if state == "open":
+            where.append("acked_at IS NULL")
+        elif state == "acked":
+            where.append("acked_at IS NOT NULL")
+        if type is not None:
+            where.append("type = ?"); args.append(type)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            total = self._durable.execute(f"SELECT COUNT(*) FROM events {clause}", args).fetchone()[0]
+            rows = self._durable.execute(
+                f"SELECT * FROM events {clause} ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset)).fetchall()
+        next_offset = offset + len(rows) if offset + len(rows) < total else None
+        return {"items": [self._alert(r) for r in rows], "total": total, "next_offset": next_offset}
+
+    def snapshot_path(self, alert_id: str) -> Path | None:
+        if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
+            return None
+        with self._lock:
+            row = self._durable.execute("SELECT snapshot FROM events WHERE id = ?", (alert_id,)).fetchone()
+        if row is None or row["snapshot"] is None:
+            return None
+        path = self.snapshot_dir / row["snapshot"]
+        return path if path.is_file() else None
+
+    def sources(self) -> list[str]:
+        """Sources of this pod that ever raised an event (for MQTT state and discovery)."""
+        with self._lock:
+            rows = self._durable.execute(
+                "SELECT DISTINCT source FROM events WHERE origin IS NULL ORDER BY source").fetchall()
+        return [r[0] for r in rows]
+
+    # ---------------------------------------------------------------- acknowledgement
+    def ack(self, alert_id: str, by: str, comment: str | None) -> dict | None:
+        """Acknowledge once: a second ack returns the first one unchanged. None: unknown id."""
+        if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
+            return None
+        with self._lock:
+            cur = self._durable.execute(
+                "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?, ack_sent = 0"
+                " WHERE id = ? AND acked_at IS NULL", (time.time(), by, comment, alert_id))
+            changed = cur.rowcount == 1
+            row = self._row(alert_id)
+        if changed:
+            self._changed()
+        return self._alert(row) if row is not None else None
+
+    def apply_remote_ack(self, alert_id: str, by: str, at: float, comment: str | None) -> bool:
+        """An ack made on another pod. The earliest ack wins everywhere, so all pods converge."""
+        if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
+            return False
+        with self._lock:
+            cur = self._durable.execute(
+                "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?, ack_sent = 1"
+                " WHERE id = ? AND (acked_at IS NULL OR acked_at > ?)",
+                (float(at), by, comment, alert_id, float(at)))
+        return cur.rowcount == 1
+
+    def pending_acks(self, limit: int = 100) -> list[dict]:
+        """Local acks not yet shared with the other pods, oldest first."""
+        with self._lock:
+            rows = self._durable.execute(
+                "SELECT id, acked_by, acked_at, ack_comment FROM events WHERE ack_sent = 0"
+                " ORDER BY acked_at LIMIT ?", (limit,)).fetchall()
+        return [{"id": r["id"], "by": r["acked_by"], "at": r["acked_at"], "comment": r["ack_comment"]}
+                for r in rows]
+
+    def mark_ack_sent(self, alert_id: str, at: float) -> None:
+        with self._lock:
+            self._book.execute("UPDATE events SET ack_sent = 1 WHERE id = ? AND acked_at = ?", (alert_id, at))
+
+    # ---------------------------------------------------------------- delivery bookkeeping
+    def register_channel(self, channel: str) -> None:
+        """A new channel starts after the newest stored event: it never floods old history."""
+        with self._lock:
+            top = self._book.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            self._book.execute(
+                "INSERT INTO channels (name, start_seq, done_seq, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO NOTHING", (channel, top, top, time.time()))
+
+    def pending(self, channel: str, limit: int = 100, after_seq: int = 0) -> list[Pending]:
+        """This pod's events the channel has neither delivered nor given up, in store order."""
+        with self._lock:
+            ch = self._book.execute("SELECT start_seq, done_seq FROM channels WHERE name = ?",
+                                    (channel,)).fetchone()
+            if ch is None:
+                raise KeyError(f"unknown delivery channel {channel!r}: register_channel() first")
+            done = ch["done_seq"]
+            first_open = self._book.execute(  # short scan: done_seq trails the oldest open event
+                "SELECT MIN(e.seq) FROM events e LEFT JOIN deliveries d ON d.channel = ? AND d.seq = e.seq"
+                " WHERE e.seq > ? AND e.origin IS NULL AND d.delivered_at IS NULL AND d.given_up_at IS NULL",
+                (channel, done)).fetchone()[0]
+            top = first_open - 1 if first_open is not None else self._book.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            if top > done:
+                self._book.execute("UPDATE channels SET done_seq = ? WHERE name = ?", (top, channel))
+                done = top
+            rows = self._book.execute(
+                "SELECT e.seq, e.id, e.source, e.type, e.track_id, e.run, e.created_at, e.body, e.snapshot,"
+                " d.attempts, d.first_attempt_at, d.next_attempt_at"
+                " FROM events e LEFT JOIN deliveries d ON d.channel = ? AND d.seq = e.seq"
+                " WHERE e.seq > ? AND e.origin IS NULL AND d.delivered_at IS NULL AND d.given_up_at IS NULL"
+                " ORDER BY e.seq LIMIT ?", (channel, max(done, after_seq), limit)).fetchall()
+        out = []
+        for r in rows:
+            payload = json.loads(r["body"])
+            payload["snapshot_url"] = f"/v1/alerts/{r['id']}/snapshot.jpg" if r["snapshot"] else None
+            out.append(Pending(seq=r["seq"], id=r["id"], source=r["source"], type=r["type"],
+                               track_id=r["track_id"], run=r["run"], created_at=r["created_at"],
+                               payload=payload,
+                               snapshot=self.snapshot_dir / r["snapshot"] if r["snapshot"] else None,
+                               attempts=r["attempts"] or 0, first_attempt_at=r["first_attempt_at"],
+                               next_attempt_at=r["next_attempt_at"]))
+        return out
+
+    def record(self, channel: str, seq: int, outcome: Outcome, *, attempt: bool = True,
+               status: int | None = None, error: str | None = None,
+               next_attempt_at: float | None = None) -> None:
+        """Book one attempt (or only its outcome, attempt=False) of `channel` for event `seq`."""
+        if outcome not in ("pending", "delivered", "given_up"):
+            raise ValueError(f"unknown outcome {outcome!r}")
+        now = time.time()
+        with self._lock:
+            self._book.execute(
+                "INSERT INTO deliveries (channel, seq, attempts, first_attempt_at, last_attempt_at,"
+                " last_status, last_error, next_attempt_at, delivered_at, given_up_at)"
+                " VALUES (:ch, :seq, :n, :first, :first, :status, :error, :next, :done, :gone)"
+                " ON CONFLICT(channel, seq) DO UPDATE SET attempts = attempts + :n,"
+                " first_attempt_at = COALESCE(first_attempt_at, :first),"
+                " last_attempt_at = COALESCE(:first, last_attempt_at),"
+                " last_status = COALESCE(:status, last_status), last_error = :error,"
+                " next_attempt_at = :next, delivered_at = :done, given_up_at = :gone",
+                {"ch": channel, "seq": seq, "n": 1 if attempt else 0, "first": now if attempt else None,
+                 "status": status, "error": error, "next": next_attempt_at,
+                 "done": now if outcome == "delivered" else None,
+                 "gone": now if outcome == "given_up" else None})
+
+    def deliveries(self, alert_id: str) -> list[dict]:
+        """Per channel: attempts, last status/error, delivered or given up (for the detail view)."""
+        with self._lock:
+            rows = self._durable.execute(
+                "SELECT d.* FROM deliveries d JOIN events e ON e.seq = d.seq WHERE e.id = ?"
+                " ORDER BY d.channel", (alert_id,)).fetchall()
+        return [{"channel": r["channel"], "attempts": r["attempts"], "last_status": r["last_status"],
+                 "last_error": r["last_error"], "first_attempt_at": r["first_attempt_at"],
+                 "last_attempt_at": r["last_attempt_at"], "delivered_at": r["delivered_at"],
+                 "given_up_at": r["given_up_at"], "next_attempt_at": r["next_attempt_at"]} for r in rows]
+
+    def backlog(self) -> dict[str, int]:
+        """Per channel, events still to deliver (a gauge for metrics)."""
+        with self._lock:
+            rows = self._book.execute(
+                "SELECT c.name, (SELECT COUNT(*) FROM events e LEFT JOIN deliveries d"
+                "  ON d.channel = c.name AND d.seq = e.seq WHERE e.seq > c.done_seq AND e.origin IS NULL"
+                "  AND d.delivered_at IS NULL AND d.given_up_at IS NULL) FROM channels c").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    # ---------------------------------------------------------------- retention
+    def prune(self, retention: RetentionSettings | None = None, now: float | None = None) -> dict:
+        """Apply retention once: old rows, old snapshots, then the oldest until under the size cap."""
+        policy = retention or self.retention or RetentionSettings()
+        now = time.time() if now is None else now
+        removed_files: list[tuple[str, int]] = []
+        pruned_events = 0
+        with self._lock:
+            if policy.event_max_age_days is not None:
+                cutoff = now - policy.event_max_age_days * 86400
+                rows = self._durable.execute("SELECT snapshot, snapshot_bytes FROM events WHERE at < ?",
+                                             (cutoff,)).fetchall()
+                removed_files += [(r[0], r[1]) for r in rows if r[0]]
+                pruned_events = self._durable.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
+            doomed: list[tuple[int, str, int]] = []  # (seq, file, bytes) of snapshots to drop
+            if policy.snapshot_max_age_days is not None:
+                cutoff = now - policy.snapshot_max_age_days * 86400
+                doomed += [tuple(r) for r in self._durable.execute(
+                    "SELECT seq, snapshot, snapshot_bytes FROM events WHERE snapshot IS NOT NULL AND at < ?",
+                    (cutoff,))]
+            if policy.snapshot_max_total_mb is not None:
+                cap = int(policy.snapshot_max_total_mb * 1024 * 1024)
+                aged = {d[0] for d in doomed}
+                total = self._durable.execute(
+                    "SELECT COALESCE(SUM(snapshot_bytes), 0) FROM events WHERE snapshot IS NOT NULL").fetchone()[0]
+                total -= sum(d[2] for d in doomed)
+                if total > cap:
+                    for seq, rel, size in self._durable.execute(
+                            "SELECT seq, snapshot, snapshot_bytes FROM events WHERE snapshot IS NOT NULL"
+                            " ORDER BY at, seq"):
+                        if total <= cap:
+                            break
+                        if seq not in aged:
+                            doomed.append((seq, rel, size)); total -= size
+            removed_files += [(rel, size) for _, rel, size in doomed]
+            # Row first, then file: a crash in between leaves an orphan file, never a dangling row.
+            self._durable.executemany("UPDATE events SET snapshot = NULL WHERE seq = ?", [(d[0],) for d in doomed])
+        freed = 0
+        for rel, size in removed_files:
+            try:
+                (self.snapshot_dir / rel).unlink()
+                freed += size
+            except FileNotFoundError:
+                pass
+        orphans = self._remove_orphan_snapshots(now)
+        result = {"snapshots": len(removed_files), "bytes": freed, "events": pruned_events, "orphans": orphans}
+        with self._lock:
+            self._counters["pruned_snapshots"] += len(removed_files)
+            self._counters["pruned_snapshot_bytes"] += freed
+            self._counters["pruned_events"] += pruned_events
+            self._counters["prune_runs"] += 1
+        return result
+
+    def _remove_orphan_snapshots(self, now: float, older_than_s: float = 3600.0) -> int:
+        """Files no row points at (a crash between file and row, or a failed insert)."""
+        with self._lock:
+            known = {r[0] for r in self._durable.execute("SELECT snapshot FROM events WHERE snapshot IS NOT NULL")}
+        removed = 0
+        for path in self.snapshot_dir.glob("*/*.jpg"):
+            rel = path.relative_to(self.snapshot_dir).as_posix()
+            try:
+                if rel not in known and path.stat().st_mtime < now - older_than_s:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+    def _prune_loop(self) -> None:
+        assert self.retention is not None
+        while not self._stop.wait(self.retention.prune_interval_s):
+            try:
+                self.prune()
+            except Exception:  # a failed prune is retried next interval; it never kills the thread
+                self._counters["prune_errors"] += 1
+                log.exception("snapshot pruning failed")
+
+    def stats(self) -> dict[str, int]:
+        """Counts for the metrics endpoint."""
+        with self._lock:
+            events, snaps, size = self._durable.execute(
+                "SELECT COUNT(*), COUNT(snapshot), COALESCE(SUM(CASE WHEN snapshot IS NOT NULL"
+                " THEN snapshot_bytes END), 0) FROM events").fetchone()
+            unacked = self._durable.execute("SELECT COUNT(*) FROM events WHERE acked_at IS NULL").fetchone()[0]
+            return {"events": events, "open": unacked, "snapshots": snaps, "snapshot_bytes": size,
+                    **self._counters}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._pruner is not None:
+            self._pruner.join(timeout=5)
+        with self._lock:
+            for conn in (self._book, self._durable):
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+

@@ -1,0 +1,355 @@
+"""Live cameras: register, run, persist and report them; each one feeds the shared inference worker.
+
+Per camera: an `RtspReader` thread -> `worker.submit(frame, live=True)` (latest frame wins) -> in
+the future's done-callback `pipeline.step(...)` -> `bus.publish_frame(result)` and
+`bus.publish_event(e)` per event. The callback runs on the worker's completion thread (or, if the
+future is already done, on the reader thread), so steps of one camera are serialised by a lock and
+a frame older than the last one stepped is skipped (counted as dropped).
+
+The list of cameras lives in `settings.streams_file` (JSON list of `{"id", "url"}`), restored at
+start and rewritten on add/remove, so a restarted service resumes its cameras. With Kubernetes
+sharding (`shard_index` of `shard_count`, one StatefulSet pod each) a pod runs only the ids whose
+hash falls on its shard (`shard_of`) and keeps the other entries of the file untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from prometheus_client import Counter, Histogram
+
+from service.frames import Frame, FrameResult, Person
+from service.sources.rtsp import RateMeter, RtspReader, RtspSettings, mask_url, validate_stream_url
+
+log = logging.getLogger(__name__)
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_MAX_STREAMS = 16
+
+FRAMES_PROCESSED = Counter("falldet_stream_frames_processed", "Camera frames that went through the "
+                           "model and the pipeline", ["source"])
+LATENCY = Histogram("falldet_stream_latency_seconds", "Capture (frame decoded) to result ready, live cameras",
+                    buckets=(0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0))
+
+
+class StreamError(Exception):
+    """A request the manager refuses; `status_code` is the HTTP answer the API gives."""
+
+    status_code = 400
+
+
+class InvalidStream(StreamError):
+    status_code = 422
+
+
+class StreamExists(StreamError):
+    status_code = 409
+
+
+class StreamLimit(StreamError):
+    status_code = 429
+
+
+class WrongShard(StreamError):
+    status_code = 421  # Misdirected Request: another pod owns this camera
+
+
+class Worker(Protocol):
+    def submit(self, frame: Frame, live: bool) -> "Future[list[Person]]": ...
+    def dropped(self, source: str) -> int: ...
+
+
+class Pipeline(Protocol):
+    def step(self, frame: Frame, persons: list[Person], latency_ms: float, dropped: int) -> tuple[FrameResult, list]: ...
+    def finish(self) -> list: ...
+    def timeline(self) -> dict: ...
+
+
+class Bus(Protocol):
+    def publish_frame(self, result: FrameResult) -> Any: ...
+    def publish_event(self, event: Any) -> Any: ...
+
+
+def validate_stream_id(stream_id: object) -> str:
+    """Ids name cameras in URLs, metrics and files: 1-64 of letters, digits, `_ . -`."""
+    if not isinstance(stream_id, str) or not STREAM_ID.match(stream_id):
+        raise InvalidStream("id must be 1-64 characters of letters, digits, '_', '.' or '-', "
+                            "starting with a letter or digit")
+    return stream_id
+
+
+def shard_of(stream_id: str, shard_count: int) -> int:
+    """Stable shard of a camera id: the same in every pod and process (unlike `hash()`), and well
+    spread even for ids that differ in one character (CRC-32 is not: `ward-0..11` missed a shard)."""
+    digest = hashlib.blake2b(stream_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % max(1, shard_count)
+
+
+class Stream:
+    """One running camera: its reader, its per-source pipeline and its counters."""
+
+    def __init__(self, stream_id: str, url: str, manager: "StreamManager") -> None:
+        self.id = stream_id
+        self.url = url
+        self._manager = manager
+        self.pipeline: Pipeline = manager.pipeline_factory(stream_id)
+        self.lock = threading.Lock()  # serialises pipeline.step / finish / timeline
+        self.closed = False
+        self.frames_processed = 0
+        self.skipped = 0  # results dropped here: out of order, failed inference or submit refused
+        self.errors = 0
+        self._count_lock = threading.Lock()
+        self._last_index = -1
+        self._final_dropped: int | None = None
+        self._dropped_base = _worker_dropped(manager.worker, stream_id)
+        self._meter = RateMeter()
+        self.reader = RtspReader(stream_id, url, self.on_frame, manager.rtsp_settings)
+
+    def on_frame(self, frame: Frame) -> None:
+        """Reader thread: hand the frame to the worker (never blocks; the worker drops stale frames)."""
+        if self.closed:
+            return
+        try:
+            future = self._manager.worker.submit(frame, live=True)
+        except Exception as exc:  # a stopped worker: count it, keep the camera reading
+            self._skip(f"submit refused: {exc}")
+            return
+        future.add_done_callback(lambda fut: self.on_result(frame, fut))
+
+    def on_result(self, frame: Frame, future: "Future[list[Person]]") -> None:
+        """Done-callback (worker's completion thread, or the reader's if already done): step, publish."""
+        if future.cancelled() or self.closed:
+            return  # replaced by a newer frame: the worker counted the drop
+        error = future.exception()
+        if error is not None:
+            self._skip(f"inference failed: {error}")
+            return
+        persons = future.result()
+        try:
+            with self.lock:
+                if self.closed:
+                    return
+                if frame.index <= self._last_index:  # overtaken by a newer frame's result
+                    self._skip("result out of order")
+                    return
+                self._last_index = frame.index
+                latency_ms = (time.time() - frame.captured_at) * 1000.0
+                result, events = self.pipeline.step(frame, persons, latency_ms, self.dropped)
+                self.frames_processed += 1
+            self._meter.tick()
+            FRAMES_PROCESSED.labels(self.id).inc()
+            LATENCY.observe(latency_ms / 1000.0)
+            bus = self._manager.bus
+            bus.publish_frame(result)
+            for event in events:
+                bus.publish_event(event)
+        except Exception:  # tracking, store or a subscriber failed: log it, keep the camera going
+            self.errors += 1
+            log.exception("camera %s: processing frame %d failed", self.id, frame.index)
+
+    def _skip(self, why: str) -> None:
+        with self._count_lock:
+            self.skipped += 1
+        if self.skipped in (1, 10, 100) or self.skipped % 1000 == 0:
+            log.warning("camera %s: %s (%d frames skipped so far)", self.id, why, self.skipped)
+
+    @property
+    def dropped(self) -> int:
+        if self._final_dropped is not None:  # closed: the worker has forgotten this source
+            return self._final_dropped
+        return _worker_dropped(self._manager.worker, self.id) - self._dropped_base + self.skipped
+
+    def status(self) -> dict:
+        reader = self.reader.status()
+        return {"id": self.id, "url": reader["url"], "state": reader["state"],
+                "last_error": reader["last_error"], "frames_received": reader["frames_received"],
+                "frames_processed": self.frames_processed, "frames_dropped": self.dropped,
+                "fps_in": reader["fps_in"], "fps_processed": round(self._meter.rate(), 2),
+                "width": reader["width"], "height": reader["height"],
+                "reconnects": reader["reconnects"], "retry_in_s": reader["retry_in_s"]}
+
+    def close(self) -> list:
+        """Stop reading, then end the pipeline; returns its final events (not yet published)."""
+        self.reader.stop()
+        forget = getattr(self._manager.worker, "forget", None)
+        with self.lock:
+            self.closed = True
+            try:
+                events = self.pipeline.finish()
+            except Exception:
+                log.exception("camera %s: pipeline.finish failed", self.id)
+                events = []
+        self._final_dropped = self.dropped
+        if forget is not None:
+            forget(self.id)
+        try:
+            FRAMES_PROCESSED.remove(self.id)
+        except KeyError:
+            pass
+        return events
+
+
+def _worker_dropped(worker: Worker, source: str) -> int:
+    try:
+        return int(worker.dropped(source))
+    except Exception:
+        return 0
+
+
+class StreamManager:
+    """All cameras of this service (or of this pod's shard)."""
+
+    def __init__(self, settings: Any, worker: Worker, bus: Bus,
+                 pipeline_factory: Callable[[str], Pipeline]) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.bus = bus
+        self.pipeline_factory = pipeline_factory
+        self.max_streams = int(getattr(settings, "max_streams", DEFAULT_MAX_STREAMS))
+        self.shard_index = int(getattr(settings, "shard_index", 0) or 0)
+        self.shard_count = max(1, int(getattr(settings, "shard_count", 1) or 1))
+        self.rtsp_settings: RtspSettings = getattr(settings, "rtsp", None) or RtspSettings()
+        path = getattr(settings, "streams_file", None)
+        if path is None and getattr(settings, "state_dir", None) is not None:
+            path = Path(settings.state_dir) / "streams.json"
+        self.streams_file: Path | None = Path(path) if path is not None else None
+        self._streams: dict[str, Stream] = {}
+        self._foreign: list[dict] = []  # entries of the file that other shards run
+        self._lock = threading.RLock()
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Resume the cameras of the streams file (this shard's); bad entries are logged and skipped."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            for entry in self._read_file():
+                stream_id, url = entry.get("id"), entry.get("url")
+                if isinstance(stream_id, str) and STREAM_ID.match(stream_id) \
+                        and shard_of(stream_id, self.shard_count) != self.shard_index:
+                    self._foreign.append({"id": stream_id, "url": url})
+                    continue
+                try:
+                    self._add(stream_id, url, persist=False)
+                except StreamError as exc:
+                    log.warning("streams file: skipping %r: %s", stream_id, exc)
+            log.info("streams: resumed %d camera(s) (shard %d of %d)", len(self._streams),
+                     self.shard_index, self.shard_count)
+
+    def stop(self) -> None:
+        """Stop every camera (they stay in the file and resume at the next start)."""
+        with self._lock:
+            streams = list(self._streams.values())
+            self._streams.clear()
+            self._started = False
+            self._foreign.clear()
+        for stream in streams:
+            self._publish_final(stream, stream.close())
+
+    # -- API ---------------------------------------------------------------------------------------
+    def add(self, stream_id: str, url: str) -> dict:
+        """Register and start a camera; raises a StreamError subclass (its status_code) if refused."""
+        with self._lock:
+            return self._add(stream_id, url, persist=True).status()
+
+    def remove(self, stream_id: str) -> dict | None:
+        """Stop and forget a camera; its pipeline's final events are published. None: unknown id."""
+        with self._lock:
+            stream = self._streams.pop(stream_id, None)
+            if stream is None:
+                return None
+            self._write_file()
+        events = stream.close()
+        self._publish_final(stream, events)
+        return stream.status()
+
+    def get(self, stream_id: str) -> dict | None:
+        stream = self._streams.get(stream_id)
+        return stream.status() if stream is not None else None
+
+    def list(self) -> list[dict]:
+        return [stream.status() for stream in list(self._streams.values())]
+
+    def timeline(self, stream_id: str) -> dict | None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return None
+        with stream.lock:
+            return stream.pipeline.timeline()
+
+    def owns(self, stream_id: str) -> bool:
+        return shard_of(stream_id, self.shard_count) == self.shard_index
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _add(self, stream_id: Any, url: Any, persist: bool) -> Stream:
+        validate_stream_id(stream_id)
+        try:
+            validate_stream_url(url)
+        except ValueError as exc:
+            raise InvalidStream(str(exc)) from None
+        if not self.owns(stream_id):
+            raise WrongShard(f"camera {stream_id!r} belongs to shard {shard_of(stream_id, self.shard_count)} "
+                             f"of {self.shard_count}; this is shard {self.shard_index}")
+        if stream_id in self._streams:
+            raise StreamExists(f"a stream with id {stream_id!r} already exists")
+        if len(self._streams) >= self.max_streams:
+            raise StreamLimit(f"stream limit reached: max_streams={self.max_streams}; remove one first")
+        stream = Stream(stream_id, url, self)
+        self._streams[stream_id] = stream
+        if persist:
+            self._write_file()
+        stream.reader.start()
+        log.info("camera %s added: %s", stream_id, mask_url(url))
+        return stream
+
+    def _publish_final(self, stream: Stream, events: list) -> None:
+        for event in events:
+            try:
+                self.bus.publish_event(event)
+            except Exception:
+                log.exception("camera %s: publishing a final event failed", stream.id)
+
+    def _read_file(self) -> list[dict]:
+        path = self.streams_file
+        if path is None or not path.exists():
+            return []
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.error("streams file %s unreadable, starting with no cameras: %s", path, exc)
+            return []
+        if not isinstance(entries, list):
+            log.error("streams file %s is not a JSON list; ignored", path)
+            return []
+        return [e for e in entries if isinstance(e, dict)]
+
+    def _write_file(self) -> None:
+        """Atomically rewrite the list (mode 0600: URLs may carry passwords); failures only log."""
+        path = self.streams_file
+        if path is None:
+            return
+        entries = self._foreign + [{"id": s.id, "url": s.url} for s in self._streams.values()]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(entries, f, indent=1)
+                f.write("\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("could not save the stream list to %s: %s", path, exc)
+            tmp.unlink(missing_ok=True)
