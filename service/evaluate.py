@@ -126,7 +126,8 @@ def replay(analysis: Analysis, settings: PipelineSettings, source: str = "replay
                    for p in fr.get("persons", [])]
         frame = Frame(source=source, index=int(fr["frame"]), pts_s=float(fr["pts_s"]),
                       captured_at=float(fr.get("captured_at", 0.0)), image=None)  # type: ignore[arg-type]
-        result, evs = pipeline.step(frame, persons, float(fr.get("latency_ms", 0.0)), int(fr.get("dropped", 0)))
+        result, evs = pipeline.step(frame, persons, float(fr.get("latency_ms", 0.0)),
+                                    int(fr.get("dropped", 0)))
         frames.append(result.to_json())
         events += [e.to_json() for e in evs]
     events += [e.to_json() for e in pipeline.finish()]
@@ -264,7 +265,8 @@ def overall(clips: list[dict]) -> dict:
         "fall_clips_alerted": sum(c["alert_raised"] for c in falls),
         "fall_clips_one_overlapping_segment": sum(c["overlapping_fall_segments"] == 1 for c in falls),
         "mean_fall_tiou": _mean([c["fall_tiou"] for c in falls]),
-        "mean_abs_onset_error_s": _mean([abs(c["onset_error_s"]) for c in falls if c["onset_error_s"] is not None]),
+        "mean_abs_onset_error_s": _mean([abs(c["onset_error_s"]) for c in falls
+                                         if c["onset_error_s"] is not None]),
         "mean_alert_delay_s": _mean([c["alert_delay_s"] for c in falls]),
         "mean_abs_time_down_error_s": _mean([abs(c["time_down_error_s"]) for c in falls
                                              if c.get("time_down_error_s") is not None]),
@@ -327,7 +329,8 @@ def format_table(report: dict) -> str:
     lines = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows] + [
         "",
         f"fall clips alerted: {o['fall_clips_alerted']}/{o['fall_clips']}   "
-        f"with exactly one overlapping fall segment: {o['fall_clips_one_overlapping_segment']}/{o['fall_clips']}",
+        "with exactly one overlapping fall segment: "
+        f"{o['fall_clips_one_overlapping_segment']}/{o['fall_clips']}",
         f"mean fall tIoU: {_fmt(o['mean_fall_tiou'], '.3f')}   mean |onset error|: "
         f"{_fmt(o['mean_abs_onset_error_s'])} s   mean alert delay: {_fmt(o['mean_alert_delay_s'])} s   "
         f"mean |time-down error|: {_fmt(o['mean_abs_time_down_error_s'])} s",
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay", action="store_true",
                     help="recompute tracking, timeline and events from the frame lines")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="pipeline setting for --replay (e.g. confirm_s=1.5); repeatable")
+                    help="pipeline setting to replay with (implies --replay), e.g. confirm_s=1.5; repeatable")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args(argv)
     settings = _parse_settings(args.set) if (args.replay or args.set) else None

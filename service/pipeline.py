@@ -194,7 +194,8 @@ class SourcePipeline:
                     "duration_s": round(last_pts - first_pts, 4) if self._last else 0.0,
                     "finished": self._finished, "tracks": tracks,
                     "falls": [f for fs in falls.values() for f in fs],
-                    "events": {t: self._event_counts[t] for t in ("fall_alert", "still_down", "fall_cleared")},
+                    "events": {t: self._event_counts[t]
+                               for t in ("fall_alert", "still_down", "fall_cleared")},
                     "pipeline": self.settings.model_dump()}
 
     def timeline(self) -> dict:

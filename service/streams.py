@@ -10,6 +10,11 @@ The list of cameras lives in `settings.streams_file` (JSON list of `{"id", "url"
 start and rewritten on add/remove, so a restarted service resumes its cameras. With Kubernetes
 sharding (`shard_index` of `shard_count`, one StatefulSet pod each) a pod runs only the ids whose
 hash falls on its shard (`shard_of`) and keeps the other entries of the file untouched.
+
+Live preview (`GET /v1/streams/{id}/preview.jpg`, for the operator page): each camera keeps a
+reference to its latest processed Frame (no copy, no encode); only a request scales it down and
+JPEG-encodes it, cached per (frame index, width) so any number of viewers of one camera cost one
+encode per frame and size, and a camera nobody watches costs nothing.
 """
 from __future__ import annotations
 
@@ -20,10 +25,13 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import cv2
+import numpy as np
 from prometheus_client import Counter, Histogram
 
 from service.frames import Frame, FrameResult, Person
@@ -33,11 +41,15 @@ log = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_STREAMS = 16
+PREVIEW_QUALITY = 80  # JPEG quality of previews: small enough for ~12 pictures/s per viewer
+PREVIEW_WIDTHS_KEPT = 4  # encoded sizes kept per camera (viewers at different canvas widths)
 
 FRAMES_PROCESSED = Counter("falldet_stream_frames_processed", "Camera frames that went through the "
                            "model and the pipeline", ["source"])
 LATENCY = Histogram("falldet_stream_latency_seconds", "Capture (frame decoded) to result ready, live cameras",
                     buckets=(0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0))
+PREVIEW_ENCODES = Counter("falldet_stream_preview_encodes", "Preview JPEGs encoded (one per frame and "
+                          "width, whatever the number of viewers)", ["source"])
 
 
 class StreamError(Exception):
@@ -86,6 +98,19 @@ def validate_stream_id(stream_id: object) -> str:
     return stream_id
 
 
+def encode_preview(image: np.ndarray, max_width: int, quality: int = PREVIEW_QUALITY) -> bytes:
+    """JPEG of a BGR frame scaled down (aspect kept, INTER_AREA: no aliasing) to at most
+    `max_width` pixels wide; never scaled up."""
+    height, width = image.shape[:2]
+    if width > max_width:
+        size = (max_width, max(1, round(height * max_width / width)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"could not encode a {width}x{height} frame as JPEG")
+    return buf.tobytes()
+
+
 def shard_of(stream_id: str, shard_count: int) -> int:
     """Stable shard of a camera id: the same in every pod and process (unlike `hash()`), and well
     spread even for ids that differ in one character (CRC-32 is not: `ward-0..11` missed a shard)."""
@@ -108,6 +133,9 @@ class Stream:
         self.errors = 0
         self._count_lock = threading.Lock()
         self._last_index = -1
+        self._last_frame: Frame | None = None  # the latest frame whose result went out (preview)
+        self._preview_lock = threading.Lock()  # one encode per (index, width), however many viewers
+        self._previews: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._final_dropped: int | None = None
         self._dropped_base = _worker_dropped(manager.worker, stream_id)
         self._meter = RateMeter()
@@ -144,6 +172,7 @@ class Stream:
                 latency_ms = (time.time() - frame.captured_at) * 1000.0
                 result, events = self.pipeline.step(frame, persons, latency_ms, self.dropped)
                 self.frames_processed += 1
+                self._last_frame = frame  # a reference only: encoded if and when someone looks
             self._meter.tick()
             FRAMES_PROCESSED.labels(self.id).inc()
             LATENCY.observe(latency_ms / 1000.0)
@@ -154,6 +183,28 @@ class Stream:
         except Exception:  # tracking, store or a subscriber failed: log it, keep the camera going
             self.errors += 1
             log.exception("camera %s: processing frame %d failed", self.id, frame.index)
+
+    def preview(self, max_width: int) -> tuple[bytes, int] | None:
+        """(JPEG, frame index) of the latest processed frame, at most `max_width` wide; None before
+        the first one. Encoded on the first request per (index, width), then served from memory."""
+        with self._preview_lock:  # read the frame inside: cached indices only ever rise
+            frame = self._last_frame
+            if frame is None or frame.image is None or self.closed:  # closed: no metric re-created
+                return None
+            width = min(max(1, int(max_width)), frame.image.shape[1])
+            key = (frame.index, width)
+            jpeg = self._previews.get(key)
+            if jpeg is None:
+                jpeg = encode_preview(frame.image, width)
+                PREVIEW_ENCODES.labels(self.id).inc()
+                for old in [k for k in self._previews if k[0] != frame.index]:
+                    del self._previews[old]  # older frames are never asked for again
+                self._previews[key] = jpeg
+                while len(self._previews) > PREVIEW_WIDTHS_KEPT:
+                    self._previews.popitem(last=False)
+            else:
+                self._previews.move_to_end(key)
+        return jpeg, frame.index
 
     def _skip(self, why: str) -> None:
         with self._count_lock:
@@ -188,12 +239,16 @@ class Stream:
                 log.exception("camera %s: pipeline.finish failed", self.id)
                 events = []
         self._final_dropped = self.dropped
+        self._last_frame = None
+        with self._preview_lock:
+            self._previews.clear()
         if forget is not None:
             forget(self.id)
-        try:
-            FRAMES_PROCESSED.remove(self.id)
-        except KeyError:
-            pass
+        for metric in (FRAMES_PROCESSED, PREVIEW_ENCODES):
+            try:
+                metric.remove(self.id)
+            except KeyError:
+                pass
         return events
 
 
@@ -286,6 +341,12 @@ class StreamManager:
             return None
         with stream.lock:
             return stream.pipeline.timeline()
+
+    def preview(self, stream_id: str, max_width: int) -> tuple[bytes, int] | None:
+        """(JPEG, frame index) of a camera's latest processed frame scaled down to at most
+        `max_width` pixels wide; None for an unknown camera or before its first processed frame."""
+        stream = self._streams.get(stream_id)
+        return stream.preview(max_width) if stream is not None else None
 
     def owns(self, stream_id: str) -> bool:
         return shard_of(stream_id, self.shard_count) == self.shard_index

@@ -56,6 +56,8 @@ class TrainConfig:
     val_split: str = ""  # default: the data.yaml's val; "train" evaluates on the (limited) train images
     box_loss: str | None = None
     inner_ratio: float | None = None
+    augment: bool = True  # False: letterbox only (memorization tests)
+    val_interval: int = 1  # validate every N epochs (and always after the last)
     amp: bool = True
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -129,7 +131,7 @@ class Trainer:
         self.names = spec.names
         self.device = torch.device(cfg.device)
         self.mcfg = cfg.model_config(len(spec.names))
-        aug = AugmentConfig()
+        aug = AugmentConfig() if cfg.augment else None
         self.train_ds = DetectionDataset(spec.train, spec.names, cfg.imgsz, aug, cfg.seed, cfg.workers, cfg.limit)
         if cfg.val_split == "train":
             self.val_ds = DetectionDataset(spec.train, spec.names, cfg.imgsz, None, cfg.seed, cfg.workers, cfg.limit)
@@ -212,16 +214,18 @@ class Trainer:
             train_s = time.perf_counter() - t0
             for gr in self.optimizer.param_groups:
                 gr["lr"] = gr["initial_lr"] * lr_factor(epoch + 1, cfg)
-            metrics = self.validate(progress=cfg.progress)
-            fitness = metrics["mAP50_95"]
             row = {"epoch": epoch + 1, **{k: round(v / nb, 5) for k, v in sums.items()},
-                   "mAP50": metrics["mAP50"], "mAP50_95": fitness,
-                   **{f"AP50_95_{n}": metrics["per_class"][n]["AP50_95"] for n in self.names},
-                   "lr": round(self.optimizer.param_groups[0]["lr"], 6), "epoch_s": round(time.perf_counter() - t0, 1),
-                   "train_img_s": round(len(self.train_ds) / train_s, 2)}
+                   "lr": round(self.optimizer.param_groups[0]["lr"], 6), "train_img_s": round(len(self.train_ds) / train_s, 2)}
+            improved = False
+            if (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs:
+                metrics = self.validate(progress=cfg.progress)
+                fitness = metrics["mAP50_95"]
+                row.update({"mAP50": metrics["mAP50"], "mAP50_95": fitness,
+                            **{f"AP50_95_{n}": metrics["per_class"][n]["AP50_95"] for n in self.names}})
+                improved = fitness > self.best_fitness
+                self.best_fitness = max(fitness, self.best_fitness)
+            row["epoch_s"] = round(time.perf_counter() - t0, 1)
             self.history.append(row)
-            improved = fitness > self.best_fitness
-            self.best_fitness = max(fitness, self.best_fitness)
             state = self._state(epoch, metrics)
             torch.save(state, self.out / "last.pt.tmp")
             (self.out / "last.pt.tmp").replace(self.out / "last.pt")
@@ -279,7 +283,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     axes[0].set_xlabel("epoch")
     axes[0].legend()
     for k in ("mAP50", "mAP50_95"):
-        axes[1].plot(ep, [r[k] for r in history], marker="o", label=k)
+        pts = [(r["epoch"], r[k]) for r in history if k in r]
+        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
     axes[1].set_title("val")
     axes[1].set_xlabel("epoch")
     axes[1].legend()

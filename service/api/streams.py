@@ -4,12 +4,16 @@ Refusals come from `StreamManager` as `StreamError`s carrying their HTTP code: 4
 (only rtsp:// and rtsps://), 409 duplicate id, 429 over `max_streams`, 421 a camera of another
 shard. URLs are validated here rather than in the request model so that a rejected URL, which may
 hold a password, is never echoed back in a validation error.
+
+`GET /v1/streams/{id}/preview.jpg` is the operator page's picture: pulled, one request at a time
+per viewer, so a slow viewer gets fewer pictures rather than a backlog; the frame index in
+`X-Frame-Index` pairs it with its own result line (boxes) from the WebSocket.
 """
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import StreamsDep, require_api_key
@@ -19,6 +23,10 @@ from service.streams import STREAM_ID, StreamError
 router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[Depends(require_api_key)])
 
 StreamId = Annotated[str, Path(description="the camera's id", max_length=64)]
+
+PREVIEW_DEFAULT_WIDTH = 640
+PREVIEW_MIN_WIDTH = 16
+PREVIEW_MAX_WIDTH = 3840  # 4K: never scaled up anyway, a bound against nonsense
 
 
 class StreamIn(BaseModel):
@@ -101,3 +109,25 @@ def stream_timeline(stream_id: StreamId, streams: StreamsDep) -> dict:
     if timeline is None:
         raise _not_found(stream_id)
     return timeline
+
+
+@router.get("/{stream_id}/preview.jpg", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}},
+                             "description": "the latest processed frame; `X-Frame-Index` is its `frame`"},
+                       404: {"description": "unknown id, or no processed frame yet"},
+                       422: {"description": "max_width out of range"}})
+def stream_preview(stream_id: StreamId, streams: StreamsDep,
+                   max_width: Annotated[int, Query(ge=PREVIEW_MIN_WIDTH, le=PREVIEW_MAX_WIDTH,
+                                                   description="scale down to at most this many pixels "
+                                                               "wide (aspect kept; never scaled up)")]
+                   = PREVIEW_DEFAULT_WIDTH) -> Response:
+    """The camera's latest processed frame as a JPEG (encoded once per frame and width, shared by
+    every viewer); header `X-Frame-Index` = that frame's index in the result lines."""
+    got = streams.preview(stream_id, max_width)
+    if got is None:
+        reason = (f"no stream with id {stream_id!r}" if streams.get(stream_id) is None
+                  else f"stream {stream_id!r} has no processed frame yet")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=reason, headers={"Cache-Control": "no-store"})
+    jpeg, index = got
+    return Response(jpeg, media_type="image/jpeg",
+                    headers={"X-Frame-Index": str(index), "Cache-Control": "no-store"})
