@@ -248,7 +248,7 @@ def test_preview_of_a_real_camera(tmp_path, tiny_runtime):
         assert http.post("/v1/streams", json={"id": "cam", "url": camera.url("cam")}).status_code == 201
         with server.ws("/v1/streams/cam/ws") as ws:
             collector = WsCollector(ws)
-            wait_for(lambda: http.get("/v1/streams/cam").json()["frames_processed"] >= 25, 20)
+            wait_for(lambda: http.get("/v1/streams/cam").json()["frames_processed"] >= 10, 60)  # generous: shared CPU
             assert 'falldet_stream_preview_encodes_total{source="cam"}' not in http.get("/metrics").text  # nobody looked
 
             first = http.get(url)
@@ -257,12 +257,12 @@ def test_preview_of_a_real_camera(tmp_path, tiny_runtime):
             half = http.get(url, params={"max_width": 320})
             picture, index = decode(half.content), int(half.headers["x-frame-index"])
             assert picture.shape == (240, 320, 3)
-            wait_for(lambda: index in {m["frame"] for _, m in collector.frames}, 5)  # its result line went out
+            wait_for(lambda: index in {m["frame"] for _, m in collector.frames}, 15)  # its result line went out
             match = closest(picture, reference)
             other = closest(picture, [np.full_like(picture, 114), np.flipud(reference[len(reference) // 2])])
             assert match < 10 and match < other / 3, (match, other)
 
-            # four viewers pulling like the page (one request at a time, at most ~12/s each) for 3 s
+            # four viewers pulling like the page (one request at a time, at most ~12/s each) for ~3 s
             before = float(http.get("/metrics").text.split('falldet_stream_preview_encodes_total{source="cam"} ')[1].split()[0])
             seen: list[tuple[int, int]] = []
             timings: list[float] = []
@@ -272,8 +272,9 @@ def test_preview_of_a_real_camera(tmp_path, tiny_runtime):
 
             def viewer(width: int) -> None:
                 with server.http() as own:
-                    last, end = -1, time.monotonic() + 3.0
-                    while time.monotonic() < end:
+                    last, n, end = -1, 0, time.monotonic() + 3.0
+                    while n < 3 or time.monotonic() < end:  # at least 3 pictures each, however slow the machine
+                        n += 1
                         t0 = time.perf_counter()
                         r = own.get(url, params={"max_width": width})
                         took = time.perf_counter() - t0
@@ -295,7 +296,7 @@ def test_preview_of_a_real_camera(tmp_path, tiny_runtime):
             metrics = http.get("/metrics").text
             after = float(metrics.split('falldet_stream_preview_encodes_total{source="cam"} ')[1].split()[0])
             collector.close()
-        assert not errors and len(seen) > 20, errors
+        assert not errors and len(seen) >= 12, errors
         assert after - before == len(set(seen))  # one encode per (frame, width), however many viewers
         assert http.delete("/v1/streams/cam").status_code == 200
         assert http.get(url).status_code == 404

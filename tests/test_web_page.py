@@ -30,11 +30,9 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import Response
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.api.deps import ApiKey
 from service.api.web import STATIC_FILES, WEB_DIR, router
 from service.events import Event
 from service.frames import FrameResult, Person
@@ -216,8 +214,8 @@ class ScriptedCameras:
         return {"source": stream_id, "live": True, "now_s": now, "now_at": self.started + self.frame / 10.0,
                 "window_s": 600.0, "tracks": tracks}
 
-    # -- the proposed picture endpoint --------------------------------------------------------------
-    def preview(self, stream_id: str) -> tuple[bytes, int] | None:
+    # -- the picture endpoint (StreamManager.preview seam) -------------------------------------------
+    def preview(self, stream_id: str, max_width: int = 640) -> tuple[bytes, int] | None:
         if stream_id != "cam1":
             return None
         frame = self.frame
@@ -273,16 +271,6 @@ def build_app(state_dir: Path, cameras: ScriptedCameras) -> FastAPI:
 
     app = create_app(Settings(state_dir=state_dir, api_keys=[KEY]), worker=IdleWorker(), streams=cameras)
     cameras.bus = app.state.bus
-
-    def preview(stream_id: str, _: ApiKey) -> Response:
-        got = cameras.preview(stream_id)
-        if got is None:
-            raise HTTPException(404, f"no picture of {stream_id!r} yet")
-        jpeg, frame = got
-        return Response(jpeg, media_type="image/jpeg",
-                        headers={"X-Frame-Index": str(frame), "Cache-Control": "no-store"})
-
-    app.add_api_route("/v1/streams/{stream_id}/preview.jpg", preview, methods=["GET"])
     return app
 
 
