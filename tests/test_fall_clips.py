@@ -56,7 +56,7 @@ def test_every_frame_of_every_clip_is_analysed(results):
 
 
 @pytest.mark.slow
-def test_a_fall_alert_in_each_fall_clip_after_the_fall_starts(results):
+def test_a_fall_alert_in_each_fall_clip_after_the_fall_starts(results, capable_model_path):
     falls = [r for r in results if r["clip"].label == "Fall"]
     assert len(falls) == 3
     missed = [r["clip"].name for r in falls if not r["alerts"]]

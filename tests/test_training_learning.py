@@ -82,7 +82,7 @@ def test_onnx_export_matches_pytorch_on_real_images(learned, tmp_path) -> None:
     val = DetectionDataset(spec.train, spec.names, 128, None, limit=20)
     batch = np.stack([letterbox(img, 128)[0][:, :, ::-1].transpose(2, 0, 1) for img in val.images])
     x = np.ascontiguousarray(batch, dtype=np.float32) / 255.0
-    thr = 0.005
+    thr = 0.001
     dets = sess.run(["detections"], {"images": x, "score_threshold": np.array([thr], np.float32)})[0]
     assert dets.shape == (20, 300, 6)
     with torch.no_grad():
@@ -93,7 +93,8 @@ def test_onnx_export_matches_pytorch_on_real_images(learned, tmp_path) -> None:
         got = dets[k][dets[k][:, 4] > 0]
         assert (dets[k][len(got):] == 0).all(), "rows past the last detection must be zero"
         assert np.all(np.diff(got[:, 4]) <= 1e-6), "detections must be sorted best first"
-        strong = ref[ref[:, 4] > 2 * thr]  # away from the threshold, where 1e-6 differences cannot flip a box
+        # the best 20 per image, away from the threshold where 1e-6 differences could flip a box
+        strong = ref[ref[:, 4] > 3 * thr][:20]
         for row in strong:
             same_cls = got[got[:, 5] == row[5]]
             assert len(same_cls), f"image {k}: class {row[5]} missing in ONNX output"
@@ -134,7 +135,9 @@ def test_training_resumes_exactly_after_being_killed(tmp_path) -> None:
     proc.wait()
     done = torch.load(killed / "last.pt", weights_only=False)["epoch"] + 1
     assert done < 3, "the run finished before it could be killed"
-    subprocess.run(_train_cmd(killed, 3, resume=True), check=True, cwd=REPO, env=env, capture_output=True, timeout=600)
+    res = subprocess.run(_train_cmd(killed, 3, resume=True), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
     a = torch.load(straight / "last.pt", weights_only=False)
     b = torch.load(killed / "last.pt", weights_only=False)
     assert a["epoch"] == b["epoch"] == 2

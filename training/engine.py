@@ -85,6 +85,13 @@ class ModelEMA:
                 v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
 
 
+def atomic_save(obj: dict, path: Path) -> None:
+    """Write then rename, so a run killed mid-write never leaves a truncated checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -227,10 +234,9 @@ class Trainer:
             row["epoch_s"] = round(time.perf_counter() - t0, 1)
             self.history.append(row)
             state = self._state(epoch, metrics)
-            torch.save(state, self.out / "last.pt.tmp")
-            (self.out / "last.pt.tmp").replace(self.out / "last.pt")
             if improved:
-                torch.save(state, self.out / "best.pt")
+                atomic_save(state, self.out / "best.pt")
+            atomic_save(state, self.out / "last.pt")  # last: a kill at any moment leaves a loadable pair
             self._write_csv()
             log.info("epoch %d: %s", epoch + 1, json.dumps(row))
         self._finish(metrics)
