@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.boxes import box_iou_pairwise
 from training.data.augment import letterbox
 from training.data.dataset import DetectionDataset, load_data_yaml
 from training.engine import TrainConfig, Trainer, load_checkpoint_model
@@ -98,19 +99,11 @@ def test_onnx_export_matches_pytorch_on_real_images(learned, tmp_path) -> None:
         for row in strong:
             same_cls = got[got[:, 5] == row[5]]
             assert len(same_cls), f"image {k}: class {row[5]} missing in ONNX output"
-            ious = _iou(row[:4], same_cls[:, :4])
+            ious = box_iou_pairwise(torch.from_numpy(row[None, :4]), torch.from_numpy(same_cls[:, :4]))[0].numpy()
             j = int(ious.argmax())
             assert ious[j] > 0.99 and abs(same_cls[j, 4] - row[4]) < 1e-3, (k, row, same_cls[j])
             compared += 1
     assert compared >= 10, f"only {compared} detections compared: the parity check saw too little"
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:2], b[:, :2])
-    rb = np.minimum(a[2:], b[:, 2:])
-    inter = (rb - lt).clip(0).prod(1)
-    area = lambda z: (z[..., 2] - z[..., 0]) * (z[..., 3] - z[..., 1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter + 1e-9)
 
 
 def _train_cmd(out: Path, epochs: int, resume: bool = False) -> list[str]:

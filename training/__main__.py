@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from training.engine import TrainConfig
 
-DEFAULT_DATA = str(Path(__import__("os").environ.get("FALLDET_DATA", "../shared/data")) / "fall-action" / "data.yaml")
+DEFAULT_DATA = str(Path(os.environ.get("FALLDET_DATA", "../shared/data")) / "fall-action" / "data.yaml")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,6 @@ class TrainConfig:
     val_interval: int = 1  # validate every N epochs (and always after the last)
     amp: bool = True
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def model_config(self, nc: int) -> ModelConfig:
         return make_config(self.preset, scale=self.scale, nc=nc, box_loss=self.box_loss, inner_ratio=self.inner_ratio)
@@ -122,8 +121,9 @@ def lr_factor(epoch: float, cfg: TrainConfig) -> float:
     return (1 - epoch / cfg.epochs) * (1.0 - cfg.lrf) + cfg.lrf
 
 
-CSV_FIELDS = ["epoch", "box", "cls", "dfl", "quality", "mAP50", "mAP50_95", "AP50_95_fall", "AP50_95_sit",
-              "AP50_95_stand", "lr", "epoch_s", "train_img_s"]
+def csv_fields(names: list[str]) -> list[str]:
+    return ["epoch", "box", "cls", "dfl", "quality", "mAP50", "mAP50_95", *(f"AP50_95_{n}" for n in names),
+            "lr", "epoch_s", "train_img_s"]
 
 
 class Trainer:
@@ -239,7 +239,7 @@ class Trainer:
             atomic_save(state, self.out / "last.pt")  # last: a kill at any moment leaves a loadable pair
             self._write_csv()
             log.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        self._finish(metrics)
+        self._finish()
         return metrics
 
     def _warmup(self, it: int, warmup_iters: int, epoch: int) -> None:
@@ -257,11 +257,11 @@ class Trainer:
 
     def _write_csv(self) -> None:
         with open(self.out / "results.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=csv_fields(self.names), extrasaction="ignore")
             w.writeheader()
             w.writerows(self.history)
 
-    def _finish(self, metrics: dict) -> None:
+    def _finish(self) -> None:
         """Curves, confusion matrix and the final metrics of the best checkpoint."""
         plot_curves(self.history, self.out / "results.png")
         best = self.out / "best.pt"

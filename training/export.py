@@ -91,7 +91,7 @@ def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: i
     metrics = json.loads(Path(metrics_json).read_text()) if metrics_json else ck.get("metrics", {})
     protocol = {k: tc[k] for k in ("preset", "scale", "imgsz", "epochs", "batch", "lr0", "seed", "close_mosaic",
                                    "warmup_epochs", "device") if k in tc}
-    meta = {"names": json.dumps(ck["names"]), "imgsz": str(imgsz), "stride": "32", "max_det": str(max_det),
+    meta = {"names": json.dumps(ck["names"]), "imgsz": str(imgsz), "stride": str(model.stride), "max_det": str(max_det),
             "model_config": json.dumps(ck["model_config"]), "training_protocol": json.dumps(protocol),
             "epochs_trained": str(ck["epoch"] + 1),
             "metrics": json.dumps({k: metrics.get(k) for k in ("mAP50", "mAP50_95", "per_class") if k in metrics}),

@@ -27,7 +27,7 @@ def letterbox(img: np.ndarray, size: int, pad: int = PAD) -> tuple[np.ndarray, f
 
 
 def hsv_jitter(img: np.ndarray, rng: np.random.Generator, hgain=0.015, sgain=0.7, vgain=0.4) -> np.ndarray:
-    """Random hue/saturation/value gains through lookup tables (in place on a copy)."""
+    """Random hue/saturation/value gains through lookup tables; returns a new image."""
     r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
     hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
     x = np.arange(256, dtype=np.float32)

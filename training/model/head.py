@@ -46,7 +46,7 @@ class Detect(nn.Module):
             for c in ch)
         self.cls_out = nn.ModuleList(nn.Conv2d(c3, nc, 1) for _ in ch)
 
-    def init_bias(self, imgsz: int = 640) -> None:
+    def init_bias(self) -> None:
         """Prior biases: box logits flat, class logits at about 5 objects per 640x640 image."""
         for box, cls, s in zip(self.box, self.cls_out, self.strides):
             box[-1].bias.data[:] = 1.0
@@ -102,8 +102,8 @@ class DetectLQE(Detect):
         self.q_mlp = nn.ModuleList(
             nn.Sequential(nn.Conv2d(n_stats + cls_proj, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, 1, 1)) for _ in ch)
 
-    def init_bias(self, imgsz: int = 640) -> None:
-        super().init_bias(imgsz)
+    def init_bias(self) -> None:
+        super().init_bias()
         for mlp in self.q_mlp:
             mlp[-1].bias.data[:] = 0.0  # q starts at 0.5 everywhere
 
