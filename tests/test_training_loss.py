@@ -8,7 +8,7 @@ import torch
 
 from training.assign import task_aligned_assign
 from training.boxes import box_ciou, box_iou
-from training.loss import ciou_loss, inner_ciou_loss
+from training.loss import ciou_loss, dfl_loss, inner_ciou_loss
 
 
 def test_inner_ciou_hand_computed() -> None:
@@ -34,6 +34,15 @@ def test_inner_ciou_equals_ciou_at_ratio_one() -> None:
     b = torch.cat([xy2, xy2 + torch.rand(100, 2) * 40 + 1], 1)
     assert torch.allclose(inner_ciou_loss(a, b, 1.0), ciou_loss(a, b), atol=1e-6)
     assert not torch.allclose(inner_ciou_loss(a, b, 0.7), ciou_loss(a, b), atol=1e-3)
+
+
+def test_dfl_splits_the_target_between_its_two_bins() -> None:
+    reg_max = 4
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0] * 4])  # the same distribution for all four sides
+    logp = torch.log_softmax(torch.tensor([0.0, 1.0, 2.0, 3.0]), 0)
+    target = torch.tensor([[1.25, 0.0, 3.0, 2.5]])  # 3.0 is the last bin: split 0/1 between bins 2 and 3
+    expected = [-(0.75 * logp[1] + 0.25 * logp[2]), -logp[0], -logp[3], -(0.5 * logp[2] + 0.5 * logp[3])]
+    assert float(dfl_loss(logits, target, reg_max)) == pytest.approx(float(sum(expected) / 4), abs=1e-6)
 
 
 def test_ciou_penalizes_aspect_and_distance() -> None:

@@ -37,14 +37,18 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def dfl_loss(dist: torch.Tensor, target_ltrb: torch.Tensor, reg_max: int) -> torch.Tensor:
-    """Distribution focal loss: CE to the two bins around each target distance. [N,4*reg],[N,4] -> [N]."""
+    """Distribution focal loss: CE to the two bins around each target distance. [N,4*reg],[N,4] -> [N].
+
+    One log-softmax with both neighbouring bins gathered from it (two cross-entropies would
+    normalise every row twice)."""
     n = dist.shape[0]
-    logits = dist.view(n * 4, reg_max)
+    logp = F.log_softmax(dist.reshape(n * 4, reg_max), dim=-1)
     t = target_ltrb.reshape(-1)
     tl = t.long().clamp(max=reg_max - 2)
     wl = tl + 1 - t
     wr = 1 - wl
-    loss = F.cross_entropy(logits, tl, reduction="none") * wl + F.cross_entropy(logits, tl + 1, reduction="none") * wr
+    pair = logp.gather(1, torch.stack([tl, tl + 1], 1))
+    loss = -(pair[:, 0] * wl + pair[:, 1] * wr)
     return loss.view(n, 4).mean(-1)
 
 
@@ -79,9 +83,10 @@ class DetectionLoss:
             lbox = ciou_loss(pred_grid, safe_target)
         loss_box = (lbox * weight).sum() / norm
 
+        # DFL on the foreground anchors only (the weight is zero elsewhere): ~1% of the rows
         target_ltrb = bbox2dist(anchors.expand(b, -1, -1), safe_target, reg_max - 1)
-        ldfl = dfl_loss(out.dist.reshape(-1, 4 * reg_max).float(), target_ltrb.reshape(-1, 4), reg_max).view(b, -1)
-        loss_dfl = (ldfl * weight).sum() / norm
+        ldfl = dfl_loss(out.dist[asg.fg].float(), target_ltrb[asg.fg], reg_max)
+        loss_dfl = (ldfl * weight[asg.fg]).sum() / norm
 
         terms = {"box": loss_box * self.gains.box, "cls": loss_cls * self.gains.cls, "dfl": loss_dfl * self.gains.dfl}
         if out.quality is not None:
