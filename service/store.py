@@ -1,7 +1,7 @@
 """The alert store: every fall event, its snapshot, its acknowledgement and its delivery state.
 
 Why plain `sqlite3` with a versioned schema (PRAGMA user_version + a list of migration scripts)
-rather than SQLAlchemy + Alembic: three tables, a dozen statements, and one process per database;
+rather than SQLAlchemy + Alembic: four tables, a dozen statements, and one process per database;
 an ORM and a migration tool would be two dependencies and a migrations folder to ship for that.
 The migration list below is append-only: a new version is a new script, applied in one transaction.
 
@@ -93,7 +93,17 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX deliveries_seq ON deliveries(seq);
     """,
+    """
+    CREATE TABLE early_acks (                    -- acks from other pods whose event is not here yet
+        id TEXT PRIMARY KEY,
+        acked_at REAL NOT NULL,
+        acked_by TEXT,
+        ack_comment TEXT,
+        received_at REAL NOT NULL                -- for pruning acks whose event never comes
+    ) WITHOUT ROWID;
+    """,
 )
+EARLY_ACK_MAX_AGE_S = 7 * 86400  # an event arrives within replay_max_age_s (a day) or never
 
 
 class EventLike(Protocol):
@@ -277,14 +287,29 @@ class AlertStore:
             write_atomic(self.snapshot_dir / rel, snapshot)  # before the row: never a dangling path
         track = body.get("track_id")
         with self._lock:
-            cur = self._durable.execute(
-                "INSERT INTO events (id, type, source, track_id, at, created_at, run, origin, body,"
-                " snapshot, snapshot_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(id) DO NOTHING",
-                (alert_id, str(body["type"]), str(body["source"]), int(track) if track is not None else None,
-                 at, time.time(), run, origin, json.dumps(body, separators=(",", ":")), rel,
-                 len(snapshot) if snapshot else 0))
-            inserted = cur.rowcount == 1
+            self._durable.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._durable.execute(
+                    "INSERT INTO events (id, type, source, track_id, at, created_at, run, origin, body,"
+                    " snapshot, snapshot_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(id) DO NOTHING",
+                    (alert_id, str(body["type"]), str(body["source"]), int(track) if track is not None else None,
+                     at, time.time(), run, origin, json.dumps(body, separators=(",", ":")), rel,
+                     len(snapshot) if snapshot else 0))
+                inserted = cur.rowcount == 1
+                if inserted:  # an ack from another pod that came before this event: apply it now
+                    early = self._durable.execute(
+                        "SELECT acked_at, acked_by, ack_comment FROM early_acks WHERE id = ?",
+                        (alert_id,)).fetchone()
+                    if early is not None:
+                        self._durable.execute(
+                            "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?, ack_sent = 1"
+                            " WHERE id = ?", (early["acked_at"], early["acked_by"], early["ack_comment"], alert_id))
+                        self._durable.execute("DELETE FROM early_acks WHERE id = ?", (alert_id,))
+                self._durable.execute("COMMIT")
+            except BaseException:
+                self._durable.execute("ROLLBACK")
+                raise
             row = self._row(alert_id)
         if inserted:
             self._changed()
@@ -387,7 +412,12 @@ class AlertStore:
         return self._alert(row) if row is not None else None
 
     def apply_remote_ack(self, alert_id: str, by: str, at: float, comment: str | None) -> bool:
-        """An ack made on another pod. The earliest ack wins everywhere, so all pods converge."""
+        """An ack made on another pod. The earliest ack wins everywhere, so all pods converge.
+
+        True when it changed a stored event. An ack for an event not stored yet (its own message
+        is still on the way, or queued across a restart) is kept durably in `early_acks` and
+        applied when the event arrives: dropping it would leave that alert open here for good.
+        """
         if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
             return False
         with self._lock:
@@ -395,7 +425,21 @@ class AlertStore:
                 "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?, ack_sent = 1"
                 " WHERE id = ? AND (acked_at IS NULL OR acked_at > ?)",
                 (float(at), by, comment, alert_id, float(at)))
-        return cur.rowcount == 1
+            if cur.rowcount == 1:
+                return True
+            if self._row(alert_id) is None:
+                self._durable.execute(
+                    "INSERT INTO early_acks (id, acked_at, acked_by, ack_comment, received_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET acked_at = excluded.acked_at,"
+                    " acked_by = excluded.acked_by, ack_comment = excluded.ack_comment"
+                    " WHERE excluded.acked_at < early_acks.acked_at",
+                    (alert_id, float(at), by, comment, time.time()))
+        return False
+
+    def early_acks(self) -> int:
+        """How many remote acks wait for their event (for stats and tests)."""
+        with self._lock:
+            return self._durable.execute("SELECT COUNT(*) FROM early_acks").fetchone()[0]
 
     def pending_acks(self, limit: int = 100) -> list[dict]:
         """Local acks not yet shared with the other pods, oldest first."""
@@ -412,7 +456,10 @@ class AlertStore:
 
     # ---------------------------------------------------------------- delivery bookkeeping
     def register_channel(self, channel: str) -> None:
-        """A new channel starts after the newest stored event: it never floods old history."""
+        """A new channel starts after the newest stored event: it never floods old history.
+
+        A channel known from before (a webhook configured again, a restart after an outage) resumes
+        where it stopped; its sender gives up, unsent, what has become too old to act on."""
         with self._lock:
             top = self._book.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             self._book.execute(
@@ -533,6 +580,8 @@ class AlertStore:
             removed_files += [(rel, size) for _, rel, size in doomed]
             # Row first, then file: a crash in between leaves an orphan file, never a dangling row.
             self._durable.executemany("UPDATE events SET snapshot = NULL WHERE seq = ?", [(d[0],) for d in doomed])
+            stale_acks = self._durable.execute("DELETE FROM early_acks WHERE received_at < ?",
+                                               (now - EARLY_ACK_MAX_AGE_S,)).rowcount
         freed = 0
         for rel, size in removed_files:
             try:
@@ -541,7 +590,8 @@ class AlertStore:
             except FileNotFoundError:
                 pass
         orphans = self._remove_orphan_snapshots(now)
-        result = {"snapshots": len(removed_files), "bytes": freed, "events": pruned_events, "orphans": orphans}
+        result = {"snapshots": len(removed_files), "bytes": freed, "events": pruned_events, "orphans": orphans,
+                  "early_acks": stale_acks}
         with self._lock:
             self._counters["pruned_snapshots"] += len(removed_files)
             self._counters["pruned_snapshot_bytes"] += freed

@@ -2,8 +2,9 @@
 
 Covers the home-automation topics (events, retained ON/OFF state, availability with last will,
 Home Assistant discovery), a broker outage (events made meanwhile arrive in order, no duplicate,
-even across a restart of the service), two pods sharing events through the broker, and a latency
-benchmark that prints numbers."""
+even across a restart of the service), two pods sharing events and acks through the broker (an ack
+that overtakes its event included), refused publishes (backoff, give up only when permanent), and a
+latency benchmark that prints numbers."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from service.delivery import Delivery
-from service.delivery.mqtt import MqttSettings
+from service.delivery.mqtt import MqttChannel, MqttSettings, refusal_backoff_s, refusal_is_permanent
 from service.delivery.webhooks import WebhookSettings
 from service.events import Event
 from service.store import AlertStore
@@ -57,7 +58,7 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto process on loopback; `persistence` keeps sessions across a stop/start."""
 
-    def __init__(self, folder: Path, persistence: bool = False) -> None:
+    def __init__(self, folder: Path, persistence: bool = False, acl: list[str] | None = None) -> None:
         self.port = free_port()
         self.folder = folder
         self.conf = folder / "mosquitto.conf"
@@ -67,6 +68,9 @@ class Broker:
                  f"persistence {'true' if persistence else 'false'}"]
         if persistence:
             lines += [f"persistence_location {folder}/"]
+        if acl is not None:  # e.g. ["topic readwrite #", "topic deny x/y"]: PUBACK 0x87 on x/y
+            (folder / "acl").write_text("\n".join(acl) + "\n")
+            lines += [f"acl_file {folder}/acl"]
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
 
@@ -309,20 +313,131 @@ def test_two_pods_share_events_acks_and_snapshots(broker: Broker, tmp_path: Path
         wait_until(lambda: pod_a.mqtt.stats()["remote_duplicates"] == 1)
         raw.publish("falldet/events", b"not json", qos=1).wait_for_publish(5)
         wait_until(lambda: pod_a.mqtt.stats()["remote_errors"] == 1)
+
+        # a third pod's ack overtakes its event (it acked before the event went out): kept, then applied
+        late = make_event(source="cam-on-c")
+        ack = {"id": late.id, "by": "carl", "at": time.time(), "comment": "first", "pod": "pod-c"}
+        raw.publish("falldet/acks", json.dumps(ack), qos=1).wait_for_publish(5)
+        wait_until(lambda: store_a.early_acks() == 1 and store_b.early_acks() == 1)
+        raw.publish("falldet/events", json.dumps(dict(late.to_json(), pod="pod-c")), qos=1).wait_for_publish(5)
+        wait_until(lambda: len(seen_a) == 2 and len(seen_b) == 1)
+        for seen, st in ((seen_a, store_a), (seen_b, store_b)):
+            assert seen[-1]["id"] == late.id and seen[-1]["acked"]
+            assert st.get(late.id)["ack"] == {"by": "carl", "at": ack["at"], "comment": "first"}
+            assert st.early_acks() == 0
         raw.disconnect()
         raw.loop_stop()
-        assert len(seen_a) == 1
+        assert len(seen_a) == 2
 
         # an operator on pod A acknowledges: pod B's store learns it
         store_a.ack(ev.id, "ann", "handled")
         wait_until(lambda: (store_b.get(ev.id) or {}).get("acked"))
         assert store_b.get(ev.id)["ack"]["by"] == "ann"
-        assert store_a.list()["total"] == 1 and store_b.list()["total"] == 1
+        assert store_a.list()["total"] == 2 and store_b.list()["total"] == 2
     finally:
         pod_a.stop()
         pod_b.stop()
         store_a.close()
         store_b.close()
+
+
+def test_refusal_decision_and_backoff() -> None:
+    for code in (0x87, 0x90, 0x99):  # not authorized, topic name invalid, payload format invalid
+        assert refusal_is_permanent(code)
+    for code in (0x97, 0x83, 0x89, 0x80):  # quota exceeded, implementation specific, busy, unspecified
+        assert not refusal_is_permanent(code)
+    assert [refusal_backoff_s(n, 1, 30) for n in (1, 2, 3, 5, 6, 20)] == [1, 2, 4, 16, 30, 30]
+
+
+def test_step_sends_events_before_acks_and_backs_off_refusals(store: AlertStore) -> None:
+    """One sender step with paho replaced by a recorder; PUBACKs injected as paho reports them."""
+    channel = MqttChannel(MqttSettings(host="127.0.0.1", pod_id="pod-a", reconnect_min_s=1, reconnect_max_s=8,
+                                       ha_discovery=False, share_snapshots=False), store)
+    store.register_channel("mqtt")
+    sent: list[str] = []
+
+    def publish(topic: str, payload, retain: bool = False) -> SimpleNamespace:
+        sent.append(topic)
+        return SimpleNamespace(mid=len(sent))
+
+    def last_mid(topic: str) -> int:
+        return len(sent) - sent[::-1].index(topic)
+
+    channel._publish = publish
+    channel.connected = True
+    ev = make_event()
+    store.add(ev)
+    store.ack(ev.id, "ann", "on my way")  # acked while the broker was away: the ack waits with its event
+    channel._step()
+    assert sent.index("falldet/events") < sent.index("falldet/acks")  # other pods learn the event first
+
+    # transient refusals: the event waits for its retry (not given up), the ack backs off
+    channel._acked.extend([(last_mid("falldet/events"), False, "Quota exceeded", 0x97),
+                           (last_mid("falldet/acks"), False, "Server busy", 0x89)])
+    channel._settle()
+    (d,) = store.deliveries(ev.id)
+    assert d["given_up_at"] is None and d["next_attempt_at"] > time.time() and "Quota exceeded" in d["last_error"]
+    n = len(sent)
+    for _ in range(5):  # woken again and again (paho, new events): nothing resent before its backoff
+        channel._step()
+    assert sent[n:] == []
+    time.sleep(1.1)
+    channel._step()
+    assert sent[n:].count("falldet/events") == 1 and sent[n:].count("falldet/acks") == 1
+    assert sent[n:].index("falldet/events") < sent[n:].index("falldet/acks")
+    channel._acked.extend([(last_mid("falldet/events"), True, "Success", 0),
+                           (last_mid("falldet/acks"), True, "Success", 0)])
+    channel._settle()
+    (d,) = store.deliveries(ev.id)
+    assert d["delivered_at"] is not None and d["attempts"] == 2 and store.pending_acks() == []
+
+    # a permanent refusal gives the event up at once
+    ev2 = make_event(track=2)
+    store.add(ev2)
+    channel._step()
+    channel._acked.append((last_mid("falldet/events"), False, "Not authorized", 0x87))
+    channel._settle()
+    (d2,) = store.deliveries(ev2.id)
+    assert d2["given_up_at"] is not None and "Not authorized" in d2["last_error"]
+    n = len(sent)
+    channel._step()
+    assert "falldet/events" not in sent[n:] and store.backlog()["mqtt"] == 0
+    assert channel.stats()["refused"] == 2 and channel.stats()["ack_refused"] == 1
+
+
+def test_broker_refusals_ack_backs_off_and_denied_events_are_given_up(tmp_path: Path) -> None:
+    """Real Mosquitto with an ACL: a denied ack is retried with backoff (not in a loop), a denied event given up."""
+    broker = Broker(tmp_path, acl=["topic readwrite #", "topic deny falldet/acks", "topic deny denied/events"])
+    broker.start()
+    store = AlertStore(tmp_path / "a.db", tmp_path / "snaps", retention=None)
+    other = AlertStore(tmp_path / "b.db", tmp_path / "snaps_b", retention=None)
+    pod = Delivery(settings(broker.port, "pod-acl"), store)
+    denied = Delivery(settings(broker.port, "pod-denied", prefix="denied"), other)
+    pod.start()
+    denied.start()
+    try:
+        ev = make_event()
+        store.add(ev)
+        wait_until(lambda: store.backlog()["mqtt"] == 0)
+        store.ack(ev.id, "ann", None)
+        wait_until(lambda: pod.mqtt.stats()["ack_refused"] >= 1)
+        time.sleep(3.5)  # backoff 1 s, then 2 s (reconnect_min_s, reconnect_max_s): about 3 refusals
+        refusals = pod.mqtt.stats()["ack_refused"]
+        print(f"\nrefused ack republished {refusals} times in ~3.5 s")
+        assert 2 <= refusals <= 5, refusals
+        assert [a["id"] for a in store.pending_acks()] == [ev.id]  # still to share: never dropped
+
+        lost = make_event()
+        other.add(lost)
+        wait_until(lambda: other.backlog()["mqtt"] == 0)
+        (d,) = other.deliveries(lost.id)
+        assert d["given_up_at"] is not None and "Not authorized" in d["last_error"] and d["attempts"] == 1
+    finally:
+        pod.stop()
+        denied.stop()
+        store.close()
+        other.close()
+        broker.stop()
 
 
 POD_CHILD = textwrap.dedent("""

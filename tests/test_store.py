@@ -183,6 +183,36 @@ def test_remote_events_dedupe_snapshot_and_earliest_ack_wins(store: AlertStore) 
     assert not store.apply_remote_ack(ev.id, "later", local_at + 5, None)
 
 
+
+def test_remote_ack_before_its_event_is_kept_across_restart_then_applied(tmp_path: Path) -> None:
+    """Pod A may publish an ack before the event reaches this pod; the ack must not be lost."""
+    db, snaps = tmp_path / "a.db", tmp_path / "snaps"
+    s = AlertStore(db, snaps, retention=None)
+    ev = make_event()
+    assert s.apply_remote_ack(ev.id, "bob", 1000.0, "seen on pod A") is False  # no event to change yet
+    s.apply_remote_ack(ev.id, "amy", 990.0, "earlier")  # the earliest ack wins here too
+    s.apply_remote_ack(ev.id, "late", 1010.0, None)
+    assert s.early_acks() == 1 and s.get(ev.id) is None and s.list()["total"] == 0
+    s.close()
+    s = AlertStore(db, snaps, retention=None)  # the event may come only after a restart
+    try:
+        alert, inserted = s.add_remote(dict(ev.to_json(), pod="pod-c"), origin="pod-c")
+        expected = {"by": "amy", "at": 990.0, "comment": "earlier"}
+        assert inserted and alert["acked"] and alert["ack"] == expected
+        assert s.get(ev.id)["ack"] == expected and s.list(state="open")["total"] == 0
+        assert s.early_acks() == 0 and s.pending_acks() == []  # a remote ack is not re-shared
+        assert s.apply_remote_ack(ev.id, "x", 2000.0, None) is False and s.early_acks() == 0
+        other = make_event()
+        s.add(other)  # an ack that is simply later than the stored one is not kept aside either
+        s.ack(other.id, "ann", None)
+        assert s.apply_remote_ack(other.id, "x", time.time() + 60, None) is False and s.early_acks() == 0
+        s.apply_remote_ack("never-comes", "bob", 1.0, None)  # its event never arrives: pruned in time
+        assert s.prune(RetentionSettings(snapshot_max_age_days=None, snapshot_max_total_mb=None),
+                       now=time.time() + 8 * 86400)["early_acks"] == 1
+        assert s.early_acks() == 0
+    finally:
+        s.close()
+
 def test_prune_by_age_size_and_orphans(tmp_path: Path) -> None:
     s = AlertStore(tmp_path / "a.db", tmp_path / "snaps", retention=None)
     now = time.time()

@@ -346,3 +346,66 @@ def test_sender_step_reads_only_what_is_due(store: AlertStore) -> None:
         assert calls == [a.id] and 2.4 <= wait <= 5.0
         wait2 = sender.step(client)
         assert calls == [a.id] and 0 < wait2 <= wait  # b waits behind a
+
+
+def test_webhook_back_after_a_long_absence_gets_no_stale_history(receiver: Receiver, store: AlertStore) -> None:
+    """Configured again (or the service back) after longer than max_retry_s: old events are given up unsent."""
+    settings = hook_settings(receiver.url + "/back", max_retry_s=1.0)
+    first = delivery_for(store, settings)
+    first.start()
+    try:
+        delivered = make_event()
+        store.add(delivered)
+        receiver.wait_for("/back", 1)
+    finally:
+        first.stop()
+    stale = [store.add(make_event(track=i))["id"] for i in range(3)]  # the webhook is not configured meanwhile
+    time.sleep(1.3)  # now older than max_retry_s: the receiver could no longer act on them
+    fresh = make_event(track=9)
+    store.add(fresh)
+    again = delivery_for(store, settings)
+    again.start()
+    try:
+        channel = again.webhooks[0].channel
+        receiver.wait_for("/back", 2)
+        deadline = time.time() + 10
+        while store.backlog()[channel] > 0:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert [r["headers"]["webhook-id"] for r in receiver.on("/back")] == [delivered.id, fresh.id]
+        for alert_id in stale:
+            (d,) = store.deliveries(alert_id)
+            assert d["given_up_at"] is not None and d["attempts"] == 0 and d["delivered_at"] is None
+            assert "before its first attempt" in d["last_error"] and "max_retry_s" in d["last_error"]
+        assert again.stats()["webhooks"][0]["given_up"] == 3
+    finally:
+        again.stop()
+
+
+def test_overdue_retry_after_a_long_stop_is_given_up_unsent(store: AlertStore) -> None:
+    """A retry that should have gone out long ago (the service was down) is not sent late."""
+    import httpx
+
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers["webhook-id"])
+        return httpx.Response(500)
+
+    endpoint = WebhookEndpoint(url="http://hook.test/late", secret=SECRET)
+    sender = WebhookSender(endpoint, hook_settings(max_retry_s=0.5, backoff_initial_s=5, backoff_max_s=5), store)
+    sender.LATE_GRACE_S = 0.2
+    store.register_channel(sender.channel)
+    a, b = make_event(), make_event()
+    store.add(a)
+    store.add(b)
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        wait = sender.step(client)
+        assert calls == [a.id] and wait <= 0.5  # its last try is due on the deadline
+        time.sleep(0.5 + 0.2 + 0.2)  # "the service was stopped" past the deadline and the grace
+        assert sender.step(client) is None
+    assert calls == [a.id]  # neither a's overdue retry nor b (never tried, too old) was sent
+    (da,), (db,) = store.deliveries(a.id), store.deliveries(b.id)
+    assert da["given_up_at"] and da["attempts"] == 1 and "overdue" in da["last_error"]
+    assert db["given_up_at"] and db["attempts"] == 0 and "before its first attempt" in db["last_error"]

@@ -133,5 +133,6 @@ class DeliveryMetrics(Collector):
             m = self.delivery.mqtt.stats()
             yield GaugeMetricFamily("falldet_mqtt_connected", "1 while connected to the broker",
                                     value=int(m["connected"]))
-            for k in ("published", "delivered", "expired", "remote_events", "remote_duplicates"):
+            for k in ("published", "delivered", "refused", "ack_refused", "expired", "remote_events",
+                      "remote_duplicates"):
                 yield CounterMetricFamily(f"falldet_mqtt_{k}", f"MQTT {k.replace('_', ' ')}", value=m[k])

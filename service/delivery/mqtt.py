@@ -17,6 +17,15 @@ during an outage stay in the store and go out, in order, after the reconnect (pa
 paho resends what was in flight when the connection broke; a process crash between publish and
 PUBACK resends from the store (at-least-once: receivers drop duplicates by `id`).
 
+A PUBACK with a failure reason code: a permanent refusal (not authorized, topic name or payload
+format invalid) gives the event up; any other (quota exceeded, server busy, implementation
+specific...) is retried with backoff (`reconnect_min_s` doubling up to `reconnect_max_s`) until
+`replay_max_age_s`, the head event holding back the later ones so the order stays. A refused ack is
+retried with the same backoff, in memory (a restart retries it at once).
+
+Within a step, events go out before acks: another pod must know an event before its ack arrives
+(and the store keeps an ack that still comes first, see `AlertStore.apply_remote_ack`).
+
 Several pods: MQTT v5 with a persistent session (`session_expiry_s`) and `noLocal` subscriptions;
 events of other pods are mirrored into the local store (deduplicated by id there) and handed to
 `on_remote` once each, for this pod's `WS /v1/events`.
@@ -45,6 +54,18 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "mqtt"
 DOWN_TYPES = ("fall_alert", "still_down")
+# PUBACK reason codes (MQTT 5, 3.4.2.1) that no resend can fix; every other failure may pass later.
+PERMANENT_REFUSALS = {0x87: "Not authorized", 0x90: "Topic Name invalid", 0x99: "Payload format invalid"}
+
+
+def refusal_is_permanent(reason_code: int) -> bool:
+    """Give up (True) or retry with backoff (False) after a PUBACK with this failure code."""
+    return reason_code in PERMANENT_REFUSALS
+
+
+def refusal_backoff_s(failures: int, min_s: float, max_s: float) -> float:
+    """Delay before resending something the broker refused `failures` times: doubles, capped."""
+    return min(max_s, min_s * 2 ** max(0, failures - 1))
 
 
 def topic_segment(name: str) -> str:
@@ -89,7 +110,9 @@ class MqttSettings(BaseModel):
                                                  "(device class safety) per camera.")
     ha_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
     replay_max_age_s: float = Field(86400.0, gt=0, description="Events older than this when the broker "
-                                                               "comes back are given up, not published.")
+                                                               "comes back (or while it keeps refusing them "
+                                                               "for a passing reason) are given up, not "
+                                                               "published.")
 
     @property
     def enabled(self) -> bool:
@@ -120,7 +143,9 @@ class MqttChannel:
         self._announce = False
         self._cursor = 0  # highest seq handed to paho in this process
         self._inflight: OrderedDict[int, tuple] = OrderedDict()  # mid -> ("event", seq) | ("ack", id, at)
-        self._acked: deque[tuple[int, bool, str]] = deque()  # (mid, ok, reason) from paho's thread
+        self._acked: deque[tuple[int, bool, str, int]] = deque()  # (mid, ok, reason, code) from paho's thread
+        self._ack_backoff: dict[str, tuple[int, float]] = {}  # refused ack id -> (refusals, not before)
+        self._event_refusals: dict[int, int] = {}  # seq -> transient refusals so far (state tracked once)
         self._sources: set[str] = set()
         self._down: dict[str, set[tuple[str | None, int | None]]] = {}  # camera -> {(run, track)}
         self._published_state: dict[str, str] = {}
@@ -241,7 +266,7 @@ class MqttChannel:
         self.subscribed = False
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._acked.append((mid, not reason_code.is_failure, str(reason_code)))
+        self._acked.append((mid, not reason_code.is_failure, str(reason_code), int(reason_code.value)))
         self._wake.set()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
@@ -303,23 +328,36 @@ class MqttChannel:
         if self._announce:
             self._announce = False
             self._announce_all()
+        self._publish_events()  # events before acks: other pods must know an event before its ack
         self._publish_acks()
+        self._reconcile_states()
+        self._settle()
+
+    def _publish_events(self) -> None:
+        in_flight = {e[1] for e in self._inflight.values() if e[0] == "event"}
         while self.connected and not self._stop.is_set():
             items = self.store.pending(CHANNEL, limit=100, after_seq=self._cursor)
             for item in items:
                 if not self.connected:
                     return  # the rest stays in the store for the next connection
+                if item.seq in in_flight:  # handed to paho already (a refused one is being retried)
+                    self._cursor = max(self._cursor, item.seq)
+                    continue
+                if item.next_attempt_at is not None and item.next_attempt_at > time.time():
+                    return  # refused before, waiting for its retry: later events wait behind it, in order
                 self._send_event(item)
             if len(items) < 100:
                 break
-        self._reconcile_states()
-        self._settle()
 
     def _send_event(self, item: Pending) -> None:
         self._cursor = item.seq
-        self._track_state(item)
+        if item.seq not in self._event_refusals:  # a resend must not replay an old state change
+            self._track_state(item)
         if time.time() - item.created_at > self.settings.replay_max_age_s:
-            self.store.record(CHANNEL, item.seq, "given_up", attempt=False, error="expired before the broker was back")
+            error = ("expired while the broker kept refusing it" if item.seq in self._event_refusals
+                     else "expired before the broker was back")
+            self.store.record(CHANNEL, item.seq, "given_up", attempt=False, error=error)
+            self._event_refusals.pop(item.seq, None)
             self.counts["expired"] += 1
             return
         if item.snapshot is not None and self.settings.share_snapshots:
@@ -340,31 +378,58 @@ class MqttChannel:
     def _settle(self) -> None:
         """Book the PUBACKs paho reported (delivered flags, ack-sent flags)."""
         while self._acked:
-            mid, ok, reason = self._acked.popleft()
+            mid, ok, reason, code = self._acked.popleft()
             entry = self._inflight.pop(mid, None)
             if entry is None:
                 continue
             if entry[0] == "event":
-                seq = entry[1]
+                self._settle_event(entry[1], ok, reason, code)
+            elif entry[0] == "ack":
                 if ok:
-                    self.store.record(CHANNEL, seq, "delivered", attempt=False)
-                    self.counts["delivered"] += 1
-                else:
-                    self.store.record(CHANNEL, seq, "given_up", attempt=False, error=f"broker refused: {reason}")
-                    self.counts["refused"] += 1
-            elif entry[0] == "ack" and ok:
-                self.store.mark_ack_sent(entry[1], entry[2])
+                    self._ack_backoff.pop(entry[1], None)
+                    self.store.mark_ack_sent(entry[1], entry[2])
+                else:  # stays ack_sent=0 in the store: resent after a backoff, not at every wake
+                    n = self._ack_backoff.get(entry[1], (0, 0.0))[0] + 1
+                    delay = refusal_backoff_s(n, self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+                    self._ack_backoff[entry[1]] = (n, time.monotonic() + delay)
+                    self.counts["ack_refused"] += 1
+                    (log.warning if n == 1 else log.debug)(
+                        "MQTT broker refused the ack of %s (%s, %d times): retry in %.0f s", entry[1], reason, n, delay)
+
+    def _settle_event(self, seq: int, ok: bool, reason: str, code: int) -> None:
+        if ok:
+            self.store.record(CHANNEL, seq, "delivered", attempt=False)
+            self._event_refusals.pop(seq, None)
+            self.counts["delivered"] += 1
+            return
+        self.counts["refused"] += 1
+        if refusal_is_permanent(code):
+            self.store.record(CHANNEL, seq, "given_up", attempt=False, error=f"broker refused: {reason}")
+            self._event_refusals.pop(seq, None)
+            log.warning("MQTT broker refused event seq %d for good: %s", seq, reason)
+            return
+        n = self._event_refusals.get(seq, 0) + 1
+        self._event_refusals[seq] = n
+        delay = refusal_backoff_s(n, self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        self.store.record(CHANNEL, seq, "pending", attempt=False, error=f"broker refused: {reason}",
+                          next_attempt_at=time.time() + delay)
+        self._cursor = min(self._cursor, seq - 1)  # read it again once due (in-flight later ones are skipped)
+        (log.warning if n == 1 else log.debug)(
+            "MQTT broker refused event seq %d (%s, %d times): retry in %.0f s", seq, reason, n, delay)
 
     def _is_acked(self, mid: int) -> bool:
-        return any(m == mid for m, _, _ in list(self._acked))
+        return any(entry[0] == mid for entry in list(self._acked))
 
     def _publish_acks(self) -> None:
         if not self.settings.share_events:
             return
         in_flight = {e[1] for e in self._inflight.values() if e[0] == "ack"}
+        now = time.monotonic()
         for ack in self.store.pending_acks():
             if ack["id"] in in_flight or not self.connected:
                 continue
+            if self._ack_backoff.get(ack["id"], (0, 0.0))[1] > now:
+                continue  # refused before: wait for its backoff
             info = self._publish(f"{self.prefix}/acks", json.dumps(dict(ack, pod=self.pod_id)))
             self._inflight[info.mid] = ("ack", ack["id"], ack["at"])
 
@@ -408,5 +473,6 @@ class MqttChannel:
 
     def stats(self) -> dict:
         return {"connected": self.connected, "inflight": len(self._inflight),
-                **{k: self.counts[k] for k in ("connects", "published", "delivered", "refused", "expired",
-                                               "remote_events", "remote_duplicates", "remote_errors")}}
+                **{k: self.counts[k] for k in ("connects", "published", "delivered", "refused", "ack_refused",
+                                               "expired", "remote_events", "remote_duplicates",
+                                               "remote_errors")}}

@@ -9,6 +9,10 @@ Each endpoint has its own thread and reads its undelivered events from the store
 or dead endpoint only delays itself. A failed attempt is retried with exponential backoff and
 jitter (or after `Retry-After` when the endpoint sends one) until `max_retry_s` after the event was
 stored; 410 Gone disables the endpoint until restart, as the specification asks.
+
+An event is only ever sent while the receiver can still act on it: one that is already older than
+`max_retry_s` before its first attempt (a webhook configured again after a long absence, the service
+back after a long outage), or whose last retry is long overdue, is given up without being sent.
 """
 from __future__ import annotations
 
@@ -113,7 +117,9 @@ class WebhookSettings(BaseModel):
                                           '"https://example.org/hook", "secret": "whsec_..."}]\'.')
     timeout_s: float = Field(5.0, gt=0, description="Seconds one POST may take (connect + response).")
     max_retry_s: float = Field(3600.0, gt=0, description="Retry an event for at most this long after it "
-                                                        "was stored, then give it up (bounded retries).")
+                                                        "was stored, then give it up (bounded retries); an "
+                                                        "event older than this before its first try is "
+                                                        "given up without being sent.")
     backoff_initial_s: float = Field(1.0, gt=0, description="Delay before the first retry; doubles each time.")
     backoff_max_s: float = Field(300.0, gt=0, description="Longest delay between two attempts (before jitter).")
 
@@ -141,6 +147,7 @@ class WebhookSender:
     """Delivers the store's events to one endpoint from its own thread, in order."""
 
     BATCH = 20
+    LATE_GRACE_S = 60.0  # a retry scheduled on the deadline still goes out if at most this late
 
     def __init__(self, endpoint: WebhookEndpoint, settings: WebhookSettings, store: AlertStore,
                  pod_id: str | None = None, transport: httpx.BaseTransport | None = None) -> None:
@@ -205,12 +212,31 @@ class WebhookSender:
             now = time.time()
             if item.next_attempt_at is not None and item.next_attempt_at > now:
                 return item.next_attempt_at - now  # head of line waits; later events keep their order
+            stale = self._stale(item, now)
+            if stale is not None:
+                self._give_up(item, None, stale, attempted=False, quiet=True)
+                continue
             retry_in = self._attempt(client, item)
             if retry_in is not None:
                 return retry_in
             if self.disabled:
                 return None
         return 0.0 if len(items) == self.BATCH else None
+
+    def _stale(self, item: Pending, now: float) -> str | None:
+        """Why `item` is too old to send now, or None. Never sends history the receiver cannot use."""
+        age = now - item.created_at
+        if age <= self.settings.max_retry_s:
+            return None
+        if item.attempts == 0:
+            return (f"not sent: {age:.0f} s old before its first attempt, over max_retry_s "
+                    f"({self.settings.max_retry_s:g} s)")
+        deadline = item.created_at + self.settings.max_retry_s
+        due = item.next_attempt_at if item.next_attempt_at is not None else deadline
+        if now - max(due, deadline) > self.LATE_GRACE_S:
+            return (f"not sent again: its last retry is {now - max(due, deadline):.0f} s overdue, past "
+                    f"max_retry_s ({self.settings.max_retry_s:g} s); retry time exhausted")
+        return None
 
     def _body(self, item: Pending) -> bytes:
         payload = dict(item.payload)
@@ -258,11 +284,14 @@ class WebhookSender:
                  next_at - time.time())
         return max(0.0, next_at - time.time())
 
-    def _give_up(self, item: Pending, status: int | None, error: str, attempted: bool) -> None:
+    def _give_up(self, item: Pending, status: int | None, error: str, attempted: bool,
+                 quiet: bool = False) -> None:
         self.store.record(self.channel, item.seq, "given_up", attempt=attempted,
                           status=status, error=error)
         self.counts["given_up"] += 1
-        log.warning("webhook %s gave up event %s: %s", self.endpoint.label, item.id, error)
+        # quiet: stale history can be thousands of events after a long absence: one line each at debug
+        (log.debug if quiet else log.warning)("webhook %s gave up event %s: %s", self.endpoint.label,
+                                              item.id, error)
 
     def stats(self) -> dict:
         return {"endpoint": self.endpoint.label, "channel": self.channel, "disabled": self.disabled,
