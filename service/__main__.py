@@ -3,6 +3,10 @@
 `analyze` runs a video through the same runtime, inference worker, tracker and fall rules as
 `POST /v1/videos` and prints the same NDJSON lines on stdout (frame lines, event lines, a final
 summary line); progress goes to stderr.
+
+`serve` gives open connections (a long `/v1/videos` stream, WebSockets) at most
+`GRACEFUL_SHUTDOWN_S` after SIGTERM before uvicorn cuts them and runs the app's teardown (cameras'
+final events, worker, store), so the teardown fits in Kubernetes' terminationGracePeriodSeconds (30).
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from service.settings import Settings
+
+GRACEFUL_SHUTDOWN_S = 10  # + teardown (a few s) must stay below k8s terminationGracePeriodSeconds: 30
 
 
 def _settings(model: Path | None) -> "Settings":
@@ -36,7 +42,8 @@ def serve(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=1 << 20)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=1 << 20,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     return 0
 
 

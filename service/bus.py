@@ -5,6 +5,8 @@ source and those of `/v1/events`), then delivery is woken (MQTT and webhooks rea
 order). Publishers are the worker's threads; subscribers live on the asyncio loop, so messages cross
 with `call_soon_threadsafe`. Each subscriber has its own bounded queue that drops its own oldest
 message when full, so a slow or stuck client never slows the pipeline or another client.
+`close_source` ends a removed camera's subscriptions: each client gets what was already in its
+mailbox (the camera's final events), then its handler closes the socket with the given code.
 """
 from __future__ import annotations
 
@@ -28,6 +30,15 @@ STORE_ERRORS = Counter("falldet_bus_store_errors", "Events the alert store faile
 DEFAULT_QUEUE = 256
 
 
+class SubscriptionClosed(Exception):
+    """The subscription's source is gone: close the WebSocket with `code` and `reason`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
 class Store(Protocol):
     def add(self, event: Any) -> dict: ...
 
@@ -47,9 +58,12 @@ class Subscription:
         self._maxsize = maxsize
         self._ready = asyncio.Event()
         self.dropped = 0
+        self.closed: SubscriptionClosed | None = None
 
     def put(self, message: dict) -> None:
         """Append; when full the oldest message goes (counted). Call on the loop thread only."""
+        if self.closed is not None:
+            return  # nothing after the close (a new camera of the same id has its own clients)
         if len(self._items) >= self._maxsize:
             self._items.popleft()
             self.dropped += 1
@@ -58,11 +72,20 @@ class Subscription:
         self._ready.set()
 
     async def get(self) -> dict:
-        """Next message, oldest first; waits when empty."""
+        """Next message, oldest first; waits when empty. Raises SubscriptionClosed once closed and
+        emptied."""
         while not self._items:
+            if self.closed is not None:
+                raise self.closed
             self._ready.clear()
             await self._ready.wait()
         return self._items.popleft()
+
+    def close(self, code: int, reason: str) -> None:
+        """End the subscription after its pending messages. Call on the loop thread only."""
+        if self.closed is None:
+            self.closed = SubscriptionClosed(code, reason)
+            self._ready.set()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -103,6 +126,32 @@ class EventBus:
                 if not subs:
                     del self._subs[sub.source]
                 WS_CLIENTS.labels(sub.kind).dec()
+
+    def close_source(self, source: str, code: int, reason: str) -> int:
+        """Close the subscriptions of `source` (a removed camera) that exist now, after the messages
+        already published to them; returns how many. Any thread."""
+        with self._lock:
+            targets = list(self._subs.get(source, ()))
+        loop = self._loop
+        if not targets or loop is None or loop.is_closed():
+            return 0
+
+        def close() -> None:
+            for sub in targets:
+                sub.close(code, reason)
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            close()
+        else:
+            try:
+                loop.call_soon_threadsafe(close)  # after the messages already sent the same way
+            except RuntimeError:  # the loop closed meanwhile (shutdown)
+                return 0
+        return len(targets)
 
     def subscribers(self, source: str | None) -> int:
         with self._lock:

@@ -9,7 +9,14 @@ a frame older than the last one stepped is skipped (counted as dropped).
 The list of cameras lives in `settings.streams_file` (JSON list of `{"id", "url"}`), restored at
 start and rewritten on add/remove, so a restarted service resumes its cameras. With Kubernetes
 sharding (`shard_index` of `shard_count`, one StatefulSet pod each) a pod runs only the ids whose
-hash falls on its shard (`shard_of`) and keeps the other entries of the file untouched.
+hash falls on its shard (`shard_of`) and keeps the other entries of the file untouched. Entries this
+pod skips at start (a bad id or URL, over `max_streams`, a duplicate) are logged with the reason,
+counted in `falldet_streams_skipped` and written back unchanged on every rewrite, so lowering the
+limit or a typo never erases a camera from the file.
+
+Removal keeps the id reserved until the old camera is fully closed (a POST of that id meanwhile is
+a 409), so the old close() can never touch a new camera of the same id; then the bus closes the
+camera's WebSocket subscribers (`close_source`).
 
 Live preview (`GET /v1/streams/{id}/preview.jpg`, for the operator page): each camera keeps a
 reference to its latest processed Frame (no copy, no encode); only a request scales it down and
@@ -32,7 +39,7 @@ from typing import Any, Callable, Protocol
 
 import cv2
 import numpy as np
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from service.frames import Frame, FrameResult, Person
 from service.sources.rtsp import RateMeter, RtspReader, RtspSettings, mask_url, validate_stream_url
@@ -41,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_STREAMS = 16
+WS_STREAM_REMOVED = 4404  # WebSocket close code sent to a camera's subscribers when it is removed
 PREVIEW_QUALITY = 80  # JPEG quality of previews: small enough for ~12 pictures/s per viewer
 PREVIEW_WIDTHS_KEPT = 4  # encoded sizes kept per camera (viewers at different canvas widths)
 
@@ -48,6 +56,8 @@ FRAMES_PROCESSED = Counter("falldet_stream_frames_processed", "Camera frames tha
                            "model and the pipeline", ["source"])
 LATENCY = Histogram("falldet_stream_latency_seconds", "Capture (frame decoded) to result ready, live cameras",
                     buckets=(0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0))
+SKIPPED = Gauge("falldet_streams_skipped", "Entries of the streams file this process keeps but does not "
+                "run (bad id or URL, over max_streams, duplicate id); see the start-up warnings")
 PREVIEW_ENCODES = Counter("falldet_stream_preview_encodes", "Preview JPEGs encoded (one per frame and "
                           "width, whatever the number of viewers)", ["source"])
 
@@ -227,9 +237,10 @@ class Stream:
                 "width": reader["width"], "height": reader["height"],
                 "reconnects": reader["reconnects"], "retry_in_s": reader["retry_in_s"]}
 
-    def close(self) -> list:
-        """Stop reading, then end the pipeline; returns its final events (not yet published)."""
-        self.reader.stop()
+    def close(self, timeout: float = 1.0) -> list:
+        """Stop reading (waiting up to `timeout` s for the reader's threads), then end the pipeline;
+        returns its final events (not yet published)."""
+        self.reader.stop(timeout)
         forget = getattr(self._manager.worker, "forget", None)
         with self.lock:
             self.closed = True
@@ -278,38 +289,57 @@ class StreamManager:
         self.streams_file: Path | None = Path(path) if path is not None else None
         self._streams: dict[str, Stream] = {}
         self._foreign: list[dict] = []  # entries of the file that other shards run
+        self._skipped: list[Any] = []  # entries of this shard not running: written back unchanged
+        self._closing: set[str] = set()  # ids being removed: reserved until close() is done
         self._lock = threading.RLock()
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Resume the cameras of the streams file (this shard's); bad entries are logged and skipped."""
+        """Resume the cameras of the streams file (this shard's). Entries that cannot run are logged
+        with the reason and kept (written back unchanged), never dropped from the file."""
         with self._lock:
             if self._started:
                 return
             self._started = True
+            self._foreign, self._skipped = [], []
             for entry in self._read_file():
+                if not isinstance(entry, dict):
+                    self._skip_entry(entry, None, "not a JSON object")
+                    continue
                 stream_id, url = entry.get("id"), entry.get("url")
                 if isinstance(stream_id, str) and STREAM_ID.match(stream_id) \
                         and shard_of(stream_id, self.shard_count) != self.shard_index:
-                    self._foreign.append({"id": stream_id, "url": url})
+                    self._foreign.append(entry)
                     continue
                 try:
                     self._add(stream_id, url, persist=False)
                 except StreamError as exc:
-                    log.warning("streams file: skipping %r: %s", stream_id, exc)
-            log.info("streams: resumed %d camera(s) (shard %d of %d)", len(self._streams),
-                     self.shard_index, self.shard_count)
+                    self._skip_entry(entry, stream_id, str(exc))
+            SKIPPED.set(len(self._skipped))
+            log.info("streams: resumed %d camera(s) (shard %d of %d)%s", len(self._streams),
+                     self.shard_index, self.shard_count,
+                     f"; {len(self._skipped)} entr{'y' if len(self._skipped) == 1 else 'ies'} of the "
+                     f"streams file not running but kept in it (see the warnings above)" if self._skipped else "")
 
-    def stop(self) -> None:
-        """Stop every camera (they stay in the file and resume at the next start)."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop every camera (they stay in the file and resume at the next start): every reader is
+        told to stop first, then all are waited for together (at most about `timeout` s in all)."""
         with self._lock:
             streams = list(self._streams.values())
             self._streams.clear()
-            self._started = False
-            self._foreign.clear()
-        for stream in streams:
-            self._publish_final(stream, stream.close())
+            self._closing.update(s.id for s in streams)
+            self._started = False  # _foreign and _skipped stay: a later rewrite still keeps them
+        try:
+            for stream in streams:
+                stream.closed = True  # no new submits from its reader
+                stream.reader.stop(0)  # signal only; joined below
+            deadline = time.monotonic() + timeout
+            for stream in streams:
+                self._publish_final(stream, stream.close(max(0.0, deadline - time.monotonic())))
+        finally:
+            with self._lock:
+                self._closing.difference_update(s.id for s in streams)
 
     # -- API ---------------------------------------------------------------------------------------
     def add(self, stream_id: str, url: str) -> dict:
@@ -318,15 +348,28 @@ class StreamManager:
             return self._add(stream_id, url, persist=True).status()
 
     def remove(self, stream_id: str) -> dict | None:
-        """Stop and forget a camera; its pipeline's final events are published. None: unknown id."""
+        """Stop and forget a camera; its pipeline's final events are published, then its WebSocket
+        subscribers are closed. None: unknown id. The id stays reserved until all that is done."""
         with self._lock:
             stream = self._streams.pop(stream_id, None)
             if stream is None:
                 return None
+            self._closing.add(stream_id)
+            self._drop_skipped(stream_id)  # a duplicate of a removed camera must not come back
             self._write_file()
-        events = stream.close()
-        self._publish_final(stream, events)
-        return stream.status()
+        try:
+            events = stream.close()
+            self._publish_final(stream, events)
+            close_source = getattr(self.bus, "close_source", None)
+            if close_source is not None:
+                try:
+                    close_source(stream_id, WS_STREAM_REMOVED, "stream removed")
+                except Exception:
+                    log.exception("camera %s: closing its WebSocket clients failed", stream_id)
+            return stream.status()
+        finally:
+            with self._lock:
+                self._closing.discard(stream_id)
 
     def get(self, stream_id: str) -> dict | None:
         stream = self._streams.get(stream_id)
@@ -366,11 +409,14 @@ class StreamManager:
                              f"of {self.shard_count}; this is shard {self.shard_index}")
         if stream_id in self._streams:
             raise StreamExists(f"a stream with id {stream_id!r} already exists")
+        if stream_id in self._closing:
+            raise StreamExists(f"the stream with id {stream_id!r} is still being removed; try again")
         if len(self._streams) >= self.max_streams:
             raise StreamLimit(f"stream limit reached: max_streams={self.max_streams}; remove one first")
         stream = Stream(stream_id, url, self)
         self._streams[stream_id] = stream
         if persist:
+            self._drop_skipped(stream_id)  # the new registration supersedes a skipped entry
             self._write_file()
         stream.reader.start()
         log.info("camera %s added: %s", stream_id, mask_url(url))
@@ -383,7 +429,23 @@ class StreamManager:
             except Exception:
                 log.exception("camera %s: publishing a final event failed", stream.id)
 
-    def _read_file(self) -> list[dict]:
+    def _skip_entry(self, entry: Any, stream_id: Any, why: str) -> None:
+        """Keep an entry this pod cannot run, to write it back unchanged; the log says why."""
+        self._skipped.append(entry)
+        log.warning("streams file: not running %r (kept in the file): %s", stream_id, why)
+
+    def _drop_skipped(self, stream_id: str) -> None:
+        kept = [e for e in self._skipped if not (isinstance(e, dict) and e.get("id") == stream_id)]
+        if len(kept) != len(self._skipped):
+            self._skipped = kept
+            SKIPPED.set(len(kept))
+
+    @property
+    def skipped(self) -> int:
+        """Entries of the streams file kept but not running here (also `falldet_streams_skipped`)."""
+        return len(self._skipped)
+
+    def _read_file(self) -> list[Any]:
         path = self.streams_file
         if path is None or not path.exists():
             return []
@@ -395,14 +457,14 @@ class StreamManager:
         if not isinstance(entries, list):
             log.error("streams file %s is not a JSON list; ignored", path)
             return []
-        return [e for e in entries if isinstance(e, dict)]
+        return entries
 
     def _write_file(self) -> None:
         """Atomically rewrite the list (mode 0600: URLs may carry passwords); failures only log."""
         path = self.streams_file
         if path is None:
             return
-        entries = self._foreign + [{"id": s.id, "url": s.url} for s in self._streams.values()]
+        entries = self._foreign + [{"id": s.id, "url": s.url} for s in self._streams.values()] + self._skipped
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

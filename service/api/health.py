@@ -2,6 +2,8 @@
 
 Both answer without an API key: orchestrators probe them and Kubernetes probes cannot read a key
 from a secret. `/readyz` says only whether this pod can take work and on which providers.
+Both are `async def` and only read attributes, so they run on the event loop itself: a thread pool
+saturated by uploads or detections cannot make a healthy pod fail its probes.
 """
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
     """The process is up and its event loop answers."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses={503: {"description": "model not loaded or worker not running"}})
-def readyz(conn: HTTPConnection) -> JSONResponse:
+async def readyz(conn: HTTPConnection) -> JSONResponse:
     """Ready when the model is loaded and the inference worker runs; lists the providers in use."""
     runtime = getattr(conn.app.state, "runtime", None)
     worker = getattr(conn.app.state, "worker", None)

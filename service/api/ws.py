@@ -4,20 +4,26 @@
 The API key comes as the `X-API-Key` header or `?api_key=` (browsers cannot set WebSocket headers).
 Each client reads from its own bounded mailbox on the bus: a slow client loses its own oldest
 messages and never holds up the pipeline or other clients.
+
+Close codes: 4404 `no stream 'x'` for an unknown camera (before the handshake completes) and 4404
+`stream removed` when the camera is deleted while the client listens (after its final events);
+1008 for a missing or wrong API key.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Callable
 
 from fastapi import APIRouter, WebSocket, WebSocketException
 
 from service.api.deps import ApiKey, BusDep, StreamsDep
-from service.bus import EventBus, Subscription
+from service.bus import EventBus, Subscription, SubscriptionClosed
+from service.streams import WS_STREAM_REMOVED
 
 router = APIRouter(tags=["websocket"])
 
-WS_UNKNOWN_STREAM = 4404
+WS_UNKNOWN_STREAM = WS_STREAM_REMOVED  # 4404, one code for "no such camera (any more)"
 
 
 @router.websocket("/v1/streams/{stream_id}/ws")
@@ -25,7 +31,7 @@ async def stream_ws(websocket: WebSocket, stream_id: str, _: ApiKey, bus: BusDep
     """Frame results (`"type": "frame"`) and alert messages of one registered camera."""
     if streams.get(stream_id) is None:
         raise WebSocketException(code=WS_UNKNOWN_STREAM, reason=f"no stream '{stream_id}'")
-    await _serve(websocket, bus, stream_id)
+    await _serve(websocket, bus, stream_id, lambda: streams.get(stream_id) is not None)
 
 
 @router.websocket("/v1/events")
@@ -34,33 +40,53 @@ async def events_ws(websocket: WebSocket, _: ApiKey, bus: BusDep) -> None:
     await _serve(websocket, bus, None)
 
 
-async def _serve(websocket: WebSocket, bus: EventBus, source: str | None) -> None:
+async def _serve(websocket: WebSocket, bus: EventBus, source: str | None,
+                 exists: Callable[[], bool] | None = None) -> None:
     await websocket.accept()
     sub = bus.subscribe(source)
     try:
+        if exists is not None and not exists():  # removed between the check and the subscription
+            await websocket.close(WS_STREAM_REMOVED, "stream removed")
+            return
         await _pump(websocket, sub)
     finally:
         bus.unsubscribe(sub)
 
 
 async def _pump(websocket: WebSocket, sub: Subscription) -> None:
-    """Send the mailbox on a task until the client leaves; what the client sends is read and ignored."""
+    """Send the mailbox on a task until the client leaves or the subscription is closed (the camera
+    was removed: the socket is closed with the subscription's code); what the client sends is read
+    and ignored."""
 
     async def send() -> None:
         while True:
             message = await sub.get()
             await websocket.send_text(json.dumps(message, separators=(",", ":")))
 
-    sender = asyncio.create_task(send())
-    sender.add_done_callback(_collect)
-    try:
+    async def receive() -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
+
+    sender = asyncio.create_task(send())
+    receiver = asyncio.create_task(receive())
+    sender.add_done_callback(_collect)
+    receiver.add_done_callback(_collect)
+    try:
+        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        if sender.done() and not sender.cancelled() and isinstance(sender.exception(), SubscriptionClosed):
+            receiver.cancel()
+            closed = sender.exception()
+            try:
+                await websocket.close(closed.code, closed.reason)
+            except Exception:  # the client left at the same moment
+                pass
     finally:
         sender.cancel()
+        receiver.cancel()
 
 
 def _collect(task: asyncio.Task) -> None:
-    """Retrieve the sender's error (a client that vanished mid-send): nothing to report."""
+    """Retrieve a task's error (a client that vanished mid-send, a closed subscription): nothing to
+    report."""
     if not task.cancelled():
         task.exception()
