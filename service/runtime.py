@@ -64,11 +64,12 @@ def runtime_from_settings(settings: "Settings") -> "Runtime":
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
     """Fit `image` (HxWx3 uint8) into size x size keeping its aspect, centred on grey 114.
 
-    Returns (canvas, ratio, left, top): original pixel x maps to x * ratio + left.
+    Returns (canvas, ratio, left, top): original pixel x maps to x * ratio + left. A side never
+    shrinks below one pixel, so a 1 x 700 strip still fits (its short side would round to 0).
     """
     h, w = image.shape[:2]
     r = min(size / h, size / w)
-    nh, nw = round(h * r), round(w * r)
+    nh, nw = max(1, round(h * r)), max(1, round(w * r))
     top, left = (size - nh) // 2, (size - nw) // 2
     canvas = np.full((size, size, 3), PAD, np.uint8)
     canvas[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
                                                                       "benchmarks)")
     max_upload_mb: float = Field(200, gt=0, description="largest accepted upload (image or video), MiB; "
                                                          "larger: 413")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest image or video frame (width x "
+                                                                "height) accepted, read from the header "
+                                                                "before decoding; larger: 413 (image), "
+                                                                "400 (video)")
     max_streams: int = Field(16, ge=0, description="most cameras registered at once")
     max_batch: int = Field(8, ge=1, description="most frames in one inference call")
     max_wait_ms: float = Field(4.0, ge=0, description="longest the worker waits to fill a batch")

@@ -10,6 +10,9 @@ fill, and only while sources that were active in the last second have nothing pe
 Futures are resolved on a second thread, so the callbacks that run on them (tracking, fall rules,
 snapshots, publishing) never hold up the next inference call; its hand-off queue is short, so a slow
 consumer pushes back on the worker and live frames are dropped rather than piling up.
+
+When a batch call raises, its frames are run again one by one, so a frame the model cannot take
+(one client's odd image) fails only its own future, not the camera and video frames batched with it.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class Detector(Protocol):
 
 
 Item = tuple[Frame, "Future[list[Person]]"]
+Outcome = list[Person] | BaseException  # one frame's persons, or why it could not be inferred
 
 
 class InferenceWorker:
@@ -66,7 +70,7 @@ class InferenceWorker:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._done_thread: threading.Thread | None = None
-        self._done: queue.Queue[tuple[list[Item], list[list[Person]] | BaseException] | None] = queue.Queue(2)
+        self._done: queue.Queue[tuple[list[Item], list[Outcome]] | None] = queue.Queue(2)
         self.batches = 0  # inference calls made (for tests and benchmarks)
         self.frames = 0  # frames inferred
 
@@ -229,31 +233,54 @@ class InferenceWorker:
                 return
             if not batch:
                 continue
-            start = time.perf_counter()
+            self._done.put((batch, self._infer(batch)))
+
+    def _infer(self, batch: list[Item]) -> list[Outcome]:
+        """Each frame's outcome; a failed batch is retried frame by frame so only bad frames fail."""
+        try:
+            return list(self._run(batch))
+        except Exception as exc:  # a bad frame or a runtime fault must not kill the worker
+            if len(batch) == 1:
+                self._log_failure(batch[0][0], exc)
+                return [exc]
+            log.warning("inference failed for a batch of %d (%s); retrying its frames one by one",
+                        len(batch), exc)
+        outcomes: list[Outcome] = []
+        for item in batch:
             try:
-                outcome: list[list[Person]] | BaseException = self.runtime.detect([f.image for f, _ in batch])
-                if len(outcome) != len(batch):
-                    raise RuntimeError(f"runtime returned {len(outcome)} results for {len(batch)} frames")
-            except Exception as exc:  # a bad frame or a runtime fault must not kill the worker
-                log.exception("inference failed for a batch of %d", len(batch))
-                outcome = exc
-            else:
-                INFERENCE_SECONDS.observe(time.perf_counter() - start)
-                BATCH_SIZE.observe(len(batch))
-                self.batches += 1
-                self.frames += len(batch)
-            self._done.put((batch, outcome))
+                outcomes.extend(self._run([item]))
+            except Exception as exc:
+                self._log_failure(item[0], exc)
+                outcomes.append(exc)
+        return outcomes
+
+    def _run(self, batch: list[Item]) -> list[list[Person]]:
+        """One runtime call over `batch`, with its metrics; raises what the runtime raised."""
+        start = time.perf_counter()
+        result = self.runtime.detect([f.image for f, _ in batch])
+        if len(result) != len(batch):
+            raise RuntimeError(f"runtime returned {len(result)} results for {len(batch)} frames")
+        INFERENCE_SECONDS.observe(time.perf_counter() - start)
+        BATCH_SIZE.observe(len(batch))
+        self.batches += 1
+        self.frames += len(batch)
+        return result
+
+    @staticmethod
+    def _log_failure(frame: Frame, exc: BaseException) -> None:
+        log.error("inference failed for frame %d of %s (image shape %s)", frame.index, frame.source,
+                  getattr(frame.image, "shape", None), exc_info=exc)
 
     def _complete_loop(self) -> None:
         """Resolve futures off the inference thread; their callbacks run here."""
         while (job := self._done.get()) is not None:
-            batch, outcome = job
-            for i, (_, fut) in enumerate(batch):
+            batch, outcomes = job
+            for (_, fut), outcome in zip(batch, outcomes):
                 try:
                     if isinstance(outcome, BaseException):
                         fut.set_exception(outcome)
                     else:
-                        fut.set_result(outcome[i])
+                        fut.set_result(outcome)
                 except Exception:  # InvalidStateError cannot happen (futures are running); be safe
                     log.exception("could not resolve a frame future")
 

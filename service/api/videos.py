@@ -44,7 +44,8 @@ class _Stopped(Exception):
 
 @router.post("/videos", openapi_extra=VIDEO_BODY, response_class=StreamingResponse, responses={
     200: {"content": {NDJSON: {}}, "description": "frame lines, event lines, a final summary line"},
-    400: {"description": "the video cannot be decoded"}, 401: {"description": "no valid API key"},
+    400: {"description": "the video cannot be decoded, or its frames exceed FALLDET_MAX_IMAGE_PIXELS"},
+    401: {"description": "no valid API key"},
     413: {"description": "larger than FALLDET_MAX_UPLOAD_MB"}, 415: {"description": "not a video"}})
 async def analyze_video(request: Request, settings: SettingsDep, worker: WorkerDep) -> StreamingResponse:
     """Every frame of the uploaded video through the detector, tracker and fall rules, as NDJSON."""
@@ -54,7 +55,7 @@ async def analyze_video(request: Request, settings: SettingsDep, worker: WorkerD
                             detail="send the video as multipart/form-data field 'file'")
     upload = await read_file_field(limited_request(request, settings.max_upload_bytes))
     try:
-        info = await run_in_threadpool(probe_video, upload.file)
+        info = await run_in_threadpool(probe_video, upload.file, settings.max_image_pixels)
     except CorruptVideoError as exc:
         await upload.close()
         unsupported = isinstance(exc, NotAVideoError)

@@ -2,7 +2,9 @@
 the analysis loop that runs them through the worker and a SourcePipeline.
 
 `probe_video` opens the container and decodes its first frame, so a corrupt or non-video file is
-refused (`CorruptVideoError`, a clear reason) before any result has been promised to the client.
+refused (`CorruptVideoError`, a clear reason) before any result has been promised to the client. With
+`max_pixels` it also refuses frames larger than that, from the stream header before decoding and
+again on the decoded first frame (the header may lie), so a huge frame size cannot exhaust memory.
 """
 from __future__ import annotations
 
@@ -71,17 +73,26 @@ def _why(exc: BaseException) -> str:
     return str(text).split(": '")[0]
 
 
-def probe_video(src: VideoInput) -> VideoInfo:
-    """Open `src` and decode its first frame; raise CorruptVideoError when either fails."""
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise CorruptVideoError(f"the video frames are {width} x {height} = {width * height} pixels, more "
+                                f"than the {max_pixels} allowed (FALLDET_MAX_IMAGE_PIXELS)")
+
+
+def probe_video(src: VideoInput, max_pixels: int | None = None) -> VideoInfo:
+    """Open `src` and decode its first frame; raise CorruptVideoError when either fails or, with
+    `max_pixels`, when a frame has more pixels than that."""
     container = _open(src)
     try:
         stream = container.streams.video[0]
+        _check_pixels(stream.codec_context.width or 0, stream.codec_context.height or 0, max_pixels)
         try:
             first = next(container.decode(stream), None)
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise CorruptVideoError(f"the video stream cannot be decoded ({_why(exc)})") from exc
         if first is None:
             raise CorruptVideoError("the video stream has no frames")
+        _check_pixels(first.width, first.height, max_pixels)
         rate = stream.average_rate or stream.guessed_rate
         duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
             container.duration / 1e6 if container.duration else 0.0)
