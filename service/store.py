@@ -102,6 +102,13 @@ MIGRATIONS: tuple[str, ...] = (
         received_at REAL NOT NULL                -- for pruning acks whose event never comes
     ) WITHOUT ROWID;
     """,
+    """
+    -- AlertStore.open_falls (MQTT ON/OFF state, queried once per sent event and once a second):
+    -- this pod's unacknowledged alerts, and the clears that may close them.
+    CREATE INDEX events_open_alerts ON events(source, seq)
+        WHERE type = 'fall_alert' AND origin IS NULL AND acked_at IS NULL;
+    CREATE INDEX events_clears ON events(run, track_id, seq) WHERE type = 'fall_cleared';
+    """,
 )
 EARLY_ACK_MAX_AGE_S = 7 * 86400  # an event arrives within replay_max_age_s (a day) or never
 
@@ -395,6 +402,43 @@ class AlertStore:
             rows = self._durable.execute(
                 "SELECT DISTINCT source FROM events WHERE origin IS NULL ORDER BY source").fetchall()
         return [r[0] for r in rows]
+
+    def last_seq(self) -> int:
+        """The newest event's `seq` (0 when the store is empty)."""
+        with self._lock:
+            return self._durable.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+
+    def open_falls(self, source: str | None = None, upto_seq: int | None = None) -> dict[str, list[str]]:
+        """Per source, the ids of this pod's falls that may still have someone on the floor.
+
+        An open fall is a `fall_alert` raised here (origin NULL) that is not acknowledged (locally,
+        by another pod, or by an early ack) and that no `fall_cleared` with reason `recovered` of
+        the same source, run and track followed. A clear for `track_lost` or `source_ended` does
+        not close it: the person may still be down, out of sight, until someone acknowledges.
+        `upto_seq` only counts events up to that `seq` (MQTT: those already published). This
+        is the MQTT `<camera>/fall` state: ON for every source in the result.
+        """
+        where, args = "", []
+        if source is not None:
+            where += " AND a.source = ?"; args.append(source)
+        if upto_seq is not None:
+            where += " AND a.seq <= ?"; args.append(int(upto_seq))
+        limit = " AND c.seq <= ?" if upto_seq is not None else ""
+        sql = ("SELECT a.source, a.id FROM events a"
+               " WHERE a.type = 'fall_alert' AND a.origin IS NULL AND a.acked_at IS NULL" + where +
+               " AND NOT EXISTS (SELECT 1 FROM events c WHERE c.type = 'fall_cleared'"
+               " AND c.run IS a.run AND c.track_id IS a.track_id AND c.seq > a.seq" + limit +
+               " AND c.source = a.source AND c.origin IS NULL"
+               " AND json_extract(c.body, '$.reason') = 'recovered')"
+               " ORDER BY a.source, a.seq")
+        if upto_seq is not None:
+            args.append(int(upto_seq))
+        with self._lock:
+            rows = self._durable.execute(sql, args).fetchall()
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r[0], []).append(r[1])
+        return out
 
     # ---------------------------------------------------------------- acknowledgement
     def ack(self, alert_id: str, by: str, comment: str | None) -> dict | None:

@@ -1,7 +1,8 @@
 """MQTT delivery against a real Mosquitto started by the test on a free port.
 
 Covers the home-automation topics (events, retained ON/OFF state, availability with last will,
-Home Assistant discovery), a broker outage (events made meanwhile arrive in order, no duplicate,
+Home Assistant discovery; the state stays ON after a lost track until acknowledged, and across a
+restart), a broker outage (events made meanwhile arrive in order, no duplicate,
 even across a restart of the service), two pods sharing events and acks through the broker (an ack
 that overtakes its event included), refused publishes (backoff, give up only when permanent), and a
 latency benchmark that prints numbers."""
@@ -40,13 +41,14 @@ MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sb
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")
 
 
-def make_event(source: str = "cam1", type: str = "fall_alert", track: int = 1, frame: int = 10) -> Event:
+def make_event(source: str = "cam1", type: str = "fall_alert", track: int = 1, frame: int = 10,
+               reason: str = "recovered") -> Event:
     """A lifecycle event as the pipeline makes it; fall alerts carry a (small, fake) JPEG."""
     snapshot = b"\xff\xd8jpeg-" + uuid.uuid4().bytes * 64 + b"\xff\xd9" if type == "fall_alert" else None
     return Event(id=uuid.uuid4().hex, type=type, source=source, track_id=track, frame=frame,
                  started_frame=frame - 5, pts_s=frame / 25, started_pts_s=(frame - 5) / 25, at=time.time(),
                  box=(1.0, 2.0, 30.0, 40.0), time_down_s=0.2,
-                 reason="recovered" if type == "fall_cleared" else None, snapshot=snapshot)
+                 reason=reason if type == "fall_cleared" else None, snapshot=snapshot)
 
 
 def free_port() -> int:
@@ -225,6 +227,79 @@ def test_events_state_availability_and_discovery(broker: Broker, store: AlertSto
         delivery.stop()
     listener.wait_for(lambda m: [p for t, p, _ in m if t == "falldet/available"][-1:] == [b"offline"])
     listener.close()
+
+
+def test_state_stays_on_until_recovered_or_acknowledged_and_survives_restart(broker: Broker, tmp_path: Path) -> None:
+    """A lost track or an ended source is not a recovery: the camera stays ON until someone acks."""
+    db, snaps = tmp_path / "alerts.db", tmp_path / "snaps"
+    store = AlertStore(db, snaps, retention=None)
+    listener = Listener(broker.port, ["falldet/events", "falldet/+/fall"])
+    delivery = Delivery(settings(broker.port, "pod-s", share_snapshots=False), store)
+    delivery.start()
+
+    def states() -> list[bytes]:
+        with listener.cond:
+            return [p for t, p, _ in listener.messages if t == "falldet/cam1/fall"]
+
+    def sent(event_id: str) -> None:
+        listener.wait_for(lambda m: any(t == "falldet/events" and json.loads(p)["id"] == event_id for t, p, _ in m))
+
+    try:
+        alert = make_event(track=1)
+        store.add(alert)
+        listener.wait_for(lambda m: any(t == "falldet/cam1/fall" and p == b"ON" for t, p, _ in m))
+        topics = [(t, p) for t, p, _ in listener.messages if t != "falldet/cam1/fall" or p == b"ON"]
+        assert topics.index(("falldet/cam1/fall", b"ON")) > 0  # the alert itself came first
+        assert json.loads(topics[0][1])["id"] == alert.id
+
+        lost = make_event(type="fall_cleared", track=1, reason="track_lost")  # hidden behind the bed
+        store.add(lost)
+        sent(lost.id)
+        time.sleep(1.5)  # a reconcile or two later
+        assert states()[-1] == b"ON"
+
+        t0 = time.time()
+        store.ack(alert.id, "ann", "found her")
+        listener.wait_for(lambda m: states()[-1:] == [b"OFF"], timeout=3)
+        print(f"\nack -> state OFF in {time.time() - t0:.2f} s")
+
+        second = make_event(track=2)
+        store.add(second)
+        listener.wait_for(lambda m: states()[-1:] == [b"ON"])
+        store.add(make_event(type="fall_cleared", track=2, reason="recovered"))
+        listener.wait_for(lambda m: states()[-1:] == [b"OFF"])
+
+        left = make_event(track=3)  # nobody acknowledges this one before the service stops
+        store.add(left)
+        listener.wait_for(lambda m: states()[-1:] == [b"ON"])
+        ended = make_event(type="fall_cleared", track=3, reason="source_ended")
+        store.add(ended)
+        sent(ended.id)
+        wait_until(lambda: store.backlog()["mqtt"] == 0)
+        assert states()[-1] == b"ON"
+    finally:
+        delivery.stop()
+        store.close()
+    # a wrong retained value (e.g. what the old in-memory state published at restart) is corrected
+    listener.client.publish("falldet/cam1/fall", "OFF", qos=1, retain=True).wait_for_publish(5)
+    listener.wait_for(lambda m: states()[-1:] == [b"OFF"])
+    store = AlertStore(db, snaps, retention=None)  # restarted: only the store remembers
+    delivery = Delivery(settings(broker.port, "pod-s", share_snapshots=False), store)
+    delivery.start()
+    try:
+        listener.wait_for(lambda m: states()[-1:] == [b"ON"])
+        late = Listener(broker.port, ["falldet/cam1/fall"])
+        assert late.wait_for(lambda m: len(m) >= 1)[-1] == ("falldet/cam1/fall", b"ON", True)
+        late.close()
+        wait_until(lambda: delivery.mqtt.subscribed)
+        ack = {"id": left.id, "by": "bob", "at": time.time(), "comment": None, "pod": "pod-other"}
+        listener.client.publish("falldet/acks", json.dumps(ack), qos=1).wait_for_publish(5)  # acked on another pod
+        listener.wait_for(lambda m: states()[-1:] == [b"OFF"], timeout=3)
+        assert store.open_falls() == {}
+    finally:
+        delivery.stop()
+        store.close()
+        listener.close()
 
 
 @pytest.mark.parametrize("restart_service", [False, True], ids=["same-process", "service-restarted"])

@@ -213,6 +213,49 @@ def test_remote_ack_before_its_event_is_kept_across_restart_then_applied(tmp_pat
     finally:
         s.close()
 
+def test_open_falls_close_on_recovery_or_ack_only(tmp_path: Path) -> None:
+    """The MQTT camera state query: a lost track or an ended source keeps a fall open until acked."""
+    db, snaps = tmp_path / "a.db", tmp_path / "snaps"
+    s = AlertStore(db, snaps, retention=None)
+    try:
+        def clear(source: str, track: int, reason: str) -> Event:
+            ev = make_event(source=source, type="fall_cleared", track=track)
+            ev.reason = reason
+            return ev
+
+        lost = s.add(make_event(track=1))["id"]
+        s.add(clear("cam1", 1, "track_lost"))  # out of sight: may still be on the floor
+        ended = s.add(make_event(track=2))["id"]
+        s.add(clear("cam1", 2, "source_ended"))
+        got_up = s.add(make_event(track=3))["id"]
+        before_recovery = s.last_seq()
+        s.add(clear("cam1", 3, "recovered"))
+        again = s.add(make_event(track=3))["id"]  # the same track falls again later: a new open fall
+        acked = s.add(make_event(track=4))["id"]
+        s.ack(acked, "ann", None)
+        assert s.open_falls() == {"cam1": [lost, ended, again]}
+        assert s.open_falls(upto_seq=before_recovery) == {"cam1": [lost, ended, got_up]}
+
+        other_run = s.add(make_event(source="cam2", track=7))["id"]
+        s.run_id = "an-earlier-or-later-run"  # a recovery of the same track id in another run
+        s.add(clear("cam2", 7, "recovered"))
+        s.add(clear("cam3", 7, "recovered"))  # and of the same track id on another camera
+        remote = make_event(source="cam2", track=8)  # raised on another pod: its pod shows it
+        s.add_remote(dict(remote.to_json(), pod="pod-b"), origin="pod-b")
+        remote_clear = clear("cam1", 1, "recovered")  # another pod's clear closes nothing here
+        s.add_remote(dict(remote_clear.to_json(), pod="pod-b"), origin="pod-b")
+        assert s.open_falls() == {"cam1": [lost, ended, again], "cam2": [other_run]}
+        assert s.open_falls("cam2") == {"cam2": [other_run]} and s.open_falls("cam9") == {}
+
+        assert s.apply_remote_ack(other_run, "bob", time.time(), None)  # acked on another pod
+        s.ack(lost, "ann", "found behind the bed")
+        s.close()
+        s = AlertStore(db, snaps, retention=None)  # derived from the store: the same after a restart
+        assert s.open_falls() == {"cam1": [ended, again]}
+    finally:
+        s.close()
+
+
 def test_prune_by_age_size_and_orphans(tmp_path: Path) -> None:
     s = AlertStore(tmp_path / "a.db", tmp_path / "snaps", retention=None)
     now = time.time()

@@ -3,7 +3,7 @@
 Topics (`<prefix>` defaults to `falldet`, `<camera>` is the source id with anything outside
 [A-Za-z0-9_-] replaced by `_`):
 - `<prefix>/events`            every event of every pod as JSON (QoS 1, not retained), with `id` and `pod`;
-- `<prefix>/<camera>/fall`     `ON` / `OFF`, retained: ON while someone on that camera is down;
+- `<prefix>/<camera>/fall`     `ON` / `OFF`, retained: ON while that camera has an open fall (below);
 - `<prefix>/available`         `online` / `offline`, retained; `offline` is also the last will
                                (the topic is a template: `{prefix}/{pod}/available` for several pods);
 - `<prefix>/snapshots/<id>`    the event's JPEG (QoS 1), so other pods can mirror it;
@@ -25,6 +25,18 @@ retried with the same backoff, in memory (a restart retries it at once).
 
 Within a step, events go out before acks: another pod must know an event before its ack arrives
 (and the store keeps an ack that still comes first, see `AlertStore.apply_remote_ack`).
+
+Camera state (`<prefix>/<camera>/fall`, what Home Assistant shows carers) is derived from the
+store, never from memory (`AlertStore.open_falls`): ON while this pod's store holds, for that
+camera, a `fall_alert` raised on this pod (origin NULL) that is not acknowledged (locally, or by
+another pod over `<prefix>/acks`, early acks included) and that no `fall_cleared` with reason
+`recovered` of the same run and track followed. A clear for `track_lost` (the person went out of
+sight, e.g. behind a bed) or `source_ended` (camera removed, video ended, service stopped) keeps it
+ON: the person may still be on the floor, so it stays ON until someone acknowledges the alert. It
+survives restarts: every (re)connect republishes each camera's state. The state is recomputed
+right after each event is published (counting only events already handed to the broker, so a
+`fall_alert`'s ON never comes before the alert itself) and at every wake of the sender (acks wake
+it; otherwise once a second), so an acknowledgement turns it OFF within about a second.
 
 Several pods: MQTT v5 with a persistent session (`session_expiry_s`) and `noLocal` subscriptions;
 events of other pods are mirrored into the local store (deduplicated by id there) and handed to
@@ -53,7 +65,6 @@ from service.store import ID_PATTERN, AlertStore, Pending
 log = logging.getLogger(__name__)
 
 CHANNEL = "mqtt"
-DOWN_TYPES = ("fall_alert", "still_down")
 # PUBACK reason codes (MQTT 5, 3.4.2.1) that no resend can fix; every other failure may pass later.
 PERMANENT_REFUSALS = {0x87: "Not authorized", 0x90: "Topic Name invalid", 0x99: "Payload format invalid"}
 
@@ -145,9 +156,9 @@ class MqttChannel:
         self._inflight: OrderedDict[int, tuple] = OrderedDict()  # mid -> ("event", seq) | ("ack", id, at)
         self._acked: deque[tuple[int, bool, str, int]] = deque()  # (mid, ok, reason, code) from paho's thread
         self._ack_backoff: dict[str, tuple[int, float]] = {}  # refused ack id -> (refusals, not before)
-        self._event_refusals: dict[int, int] = {}  # seq -> transient refusals so far (state tracked once)
+        self._event_refusals: dict[int, int] = {}  # seq -> transient refusals so far
         self._sources: set[str] = set()
-        self._down: dict[str, set[tuple[str | None, int | None]]] = {}  # camera -> {(run, track)}
+        self._state_seq: int | None = None  # state counts the events up to here (handed to paho)
         self._published_state: dict[str, str] = {}
         self._discovered: set[str] = set()
         self._early_snapshots: OrderedDict[str, bytes] = OrderedDict()  # remote snapshot before its event
@@ -296,7 +307,9 @@ class MqttChannel:
             return
         if topic == f"{self.prefix}/acks":
             if isinstance(data.get("id"), str) and isinstance(data.get("at"), (int, float)):
-                self.store.apply_remote_ack(data["id"], str(data.get("by") or ""), data["at"], data.get("comment"))
+                if self.store.apply_remote_ack(data["id"], str(data.get("by") or ""), data["at"],
+                                               data.get("comment")):
+                    self._wake.set()  # the camera state may turn OFF: reconcile now, not in a second
             return
         if topic == self.events_topic():
             snapshot = self._early_snapshots.pop(str(data.get("id")), None)
@@ -325,6 +338,8 @@ class MqttChannel:
 
     def _step(self) -> None:
         self._settle()
+        if self._state_seq is None:
+            self._state_seq = self._initial_state_seq()
         if self._announce:
             self._announce = False
             self._announce_all()
@@ -351,8 +366,8 @@ class MqttChannel:
 
     def _send_event(self, item: Pending) -> None:
         self._cursor = item.seq
-        if item.seq not in self._event_refusals:  # a resend must not replay an old state change
-            self._track_state(item)
+        # the state counts this event from now on (monotonic: a resend after a refusal changes nothing)
+        self._state_seq = max(self._state_seq or 0, item.seq)
         if time.time() - item.created_at > self.settings.replay_max_age_s:
             error = ("expired while the broker kept refusing it" if item.seq in self._event_refusals
                      else "expired before the broker was back")
@@ -372,8 +387,7 @@ class MqttChannel:
         self._inflight[info.mid] = ("event", item.seq)
         self.store.record(CHANNEL, item.seq, "pending")
         self.counts["published"] += 1
-        state = self._state(item.source, item.run)
-        self._set_state(item.source, state)
+        self._set_state(item.source, self._state(item.source))  # after the event message, never before
 
     def _settle(self) -> None:
         """Book the PUBACKs paho reported (delivered flags, ack-sent flags)."""
@@ -434,17 +448,18 @@ class MqttChannel:
             self._inflight[info.mid] = ("ack", ack["id"], ack["at"])
 
     # ---------------------------------------------------------------- camera state
-    def _track_state(self, item: Pending) -> None:
-        down = self._down.setdefault(item.source, set())
-        key = (item.run, item.track_id)
-        if item.type in DOWN_TYPES:
-            down.add(key)
-        elif item.type == "fall_cleared":
-            down.discard(key)
+    def _initial_state_seq(self) -> int:
+        """Events this process will still hand to paho are not counted yet: all before the first."""
+        top = self.store.last_seq()
+        first = self.store.pending(CHANNEL, limit=1)
+        return min(top, first[0].seq - 1) if first else top
 
-    def _state(self, source: str, run: str | None) -> str:
-        """ON if a track of that run is down: tracks of an older run died with their process."""
-        return "ON" if any(r == run for r, _ in self._down.get(source, ())) else "OFF"
+    def _open_falls(self, source: str | None = None) -> dict[str, list[str]]:
+        return self.store.open_falls(source, upto_seq=self._state_seq if self._state_seq is not None else 0)
+
+    def _state(self, source: str) -> str:
+        """ON while the store holds an open fall of that camera (see the module docstring)."""
+        return "ON" if self._open_falls(source) else "OFF"
 
     def _set_state(self, source: str, state: str) -> None:
         if self._published_state.get(source) != state:
@@ -452,8 +467,10 @@ class MqttChannel:
             self._published_state[source] = state
 
     def _reconcile_states(self) -> None:
-        for source in list(self._published_state):
-            self._set_state(source, self._state(source, self.store.run_id))
+        """Acks (local or remote) turn a camera OFF; one store query for every camera."""
+        down = self._open_falls()
+        for source in sorted(set(self._published_state) | set(down)):
+            self._set_state(source, "ON" if source in down else "OFF")
 
     def _discover(self, source: str) -> None:
         self._publish(self.discovery_topic(source), json.dumps(self.discovery_config(source)), retain=True)
@@ -464,10 +481,11 @@ class MqttChannel:
         self._publish(self.availability_topic, "online", retain=True)
         with self._lock:
             sources = set(self._sources) | set(self.store.sources())
+        down = self._open_falls()
         for source in sorted(sources):
             if self.settings.ha_discovery and source not in self._discovered:
                 self._discover(source)
-            state = self._state(source, self.store.run_id)
+            state = "ON" if source in down else "OFF"
             self._publish(self.state_topic(source), state, retain=True)
             self._published_state[source] = state
 
