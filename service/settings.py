@@ -75,6 +75,12 @@ class Settings(BaseSettings):
                                                                 "height) accepted, read from the header "
                                                                 "before decoding; larger: 413 (image), "
                                                                 "400 (video)")
+    max_concurrent_videos: int = Field(2, ge=1, description="most POST /v1/videos analyses running at "
+                                                            "once; more: 429 with Retry-After, before "
+                                                            "the upload is read")
+    video_client_timeout_s: float = Field(60.0, gt=0, description="a video analysis whose client takes no "
+                                                                  "output for this long is stopped and "
+                                                                  "its resources freed")
     max_streams: int = Field(16, ge=0, description="most cameras registered at once")
     max_batch: int = Field(8, ge=1, description="most frames in one inference call")
     max_wait_ms: float = Field(4.0, ge=0, description="longest the worker waits to fill a batch")

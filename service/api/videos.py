@@ -6,6 +6,16 @@ stream. Decoding, inference and the per-frame step then run on a thread of their
 to the event loop through a bounded hand-off, so a slow client slows only its own analysis and the
 loop only forwards lines. Upload events are part of the stream (and of the summary); they are not
 alerts of a camera, so they do not go to the alert store or delivery.
+
+Analyses are bounded in number and in how long they wait for their client:
+
+- at most `max_concurrent_videos` run at once (from the request's start to the end of its analysis
+  thread); past it the answer is 429 with `Retry-After`, before the body is read, so uploads
+  cannot starve the cameras of CPU;
+- an analysis whose client has taken no line for `video_client_timeout_s` (the hand-off is full
+  and the connection accepts nothing more) is stopped: its decoder, in-flight frames, temporary
+  file and slot are freed, an `error` line is queued for the client in case it reads again, and a
+  warning is logged. A client that disconnects stops its analysis at once, as before.
 """
 from __future__ import annotations
 
@@ -13,8 +23,9 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
@@ -33,6 +44,7 @@ router = APIRouter(prefix="/v1", tags=["videos"], dependencies=[Depends(require_
 
 NDJSON = "application/x-ndjson"
 HANDOFF_LINES = 64  # lines decoded ahead of what the client has read
+RETRY_AFTER_S = 10  # Retry-After of a 429: analyses take seconds to minutes, no finer estimate exists
 
 VIDEO_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
@@ -42,59 +54,119 @@ class _Stopped(Exception):
     """The client went away; the analysis thread ends quietly."""
 
 
+class _ClientStuck(Exception):
+    """The client took no line for video_client_timeout_s; the analysis thread gives up."""
+
+
+class VideoSlots:
+    """How many video analyses run; one slot from the request's start to its thread's end. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._running >= self.limit:
+                return False
+            self._running += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._running = max(0, self._running - 1)
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return self._running
+
+
+def video_slots(request: Request, settings: Settings) -> VideoSlots:
+    """The app's slots, made on first use (handlers run on the event loop: no race)."""
+    slots = getattr(request.app.state, "video_slots", None)
+    if slots is None:
+        slots = request.app.state.video_slots = VideoSlots(settings.max_concurrent_videos)
+    return slots
+
+
 @router.post("/videos", openapi_extra=VIDEO_BODY, response_class=StreamingResponse, responses={
     200: {"content": {NDJSON: {}}, "description": "frame lines, event lines, a final summary line"},
     400: {"description": "the video cannot be decoded, or its frames exceed FALLDET_MAX_IMAGE_PIXELS"},
     401: {"description": "no valid API key"},
-    413: {"description": "larger than FALLDET_MAX_UPLOAD_MB"}, 415: {"description": "not a video"}})
+    413: {"description": "larger than FALLDET_MAX_UPLOAD_MB"}, 415: {"description": "not a video"},
+    429: {"description": "FALLDET_MAX_CONCURRENT_VIDEOS analyses already running; see Retry-After"}})
 async def analyze_video(request: Request, settings: SettingsDep, worker: WorkerDep) -> StreamingResponse:
     """Every frame of the uploaded video through the detector, tracker and fall rules, as NDJSON."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             detail="send the video as multipart/form-data field 'file'")
-    upload = await read_file_field(limited_request(request, settings.max_upload_bytes))
+    body = limited_request(request, settings.max_upload_bytes)  # 413 from Content-Length: final, before 429
+    slots = video_slots(request, settings)
+    if not slots.try_acquire():  # before the body is read: a refused upload costs no spooling
+        log.info("video upload refused: %d analyses running (max_concurrent_videos)", slots.limit)
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(RETRY_AFTER_S)},
+                            detail=f"too many video analyses running (max_concurrent_videos={slots.limit}, "
+                                   f"FALLDET_MAX_CONCURRENT_VIDEOS); retry in {RETRY_AFTER_S} s")
+    upload: UploadFile | None = None
+    handed_over = False  # once the analysis thread runs, it owns the upload and the slot
     try:
-        info = await run_in_threadpool(probe_video, upload.file, settings.max_image_pixels)
-    except CorruptVideoError as exc:
-        await upload.close()
-        unsupported = isinstance(exc, NotAVideoError)
-        code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE if unsupported else status.HTTP_400_BAD_REQUEST
-        raise HTTPException(code, detail=exc.reason) from None
-    source = f"upload-{uuid.uuid4().hex[:12]}"
-    return StreamingResponse(_lines(upload, info, source, settings, worker), media_type=NDJSON,
+        upload = await read_file_field(body)
+        try:
+            info = await run_in_threadpool(probe_video, upload.file, settings.max_image_pixels)
+        except CorruptVideoError as exc:
+            unsupported = isinstance(exc, NotAVideoError)
+            code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE if unsupported else status.HTTP_400_BAD_REQUEST
+            raise HTTPException(code, detail=exc.reason) from None
+        source = f"upload-{uuid.uuid4().hex[:12]}"
+        # The thread starts here, not in the response body: a response that never starts (client
+        # gone before it) still ends its analysis, by the client timeout, and frees the slot.
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        room = threading.Semaphore(HANDOFF_LINES)
+        stop = threading.Event()
+        thread = threading.Thread(target=_produce, name=f"analyze-{source}", daemon=True,
+                                  args=(upload, info, source, settings, worker, asyncio.get_running_loop(),
+                                        lines, room, stop, slots.release))
+        thread.start()
+        handed_over = True
+    finally:
+        if not handed_over:
+            slots.release()
+            if upload is not None:
+                await upload.close()
+    return StreamingResponse(_lines(lines, room, stop), media_type=NDJSON,
                              headers={"X-Source": source, "Cache-Control": "no-store"})
 
 
-async def _lines(upload: UploadFile, info: VideoInfo, source: str, settings: Settings,
-                 worker: InferenceWorker) -> AsyncIterator[str]:
+async def _lines(lines: asyncio.Queue, room: threading.Semaphore, stop: threading.Event) -> AsyncIterator[str]:
     """Forward the analysis thread's lines; when the client leaves, tell the thread to stop."""
-    loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-    slots = threading.Semaphore(HANDOFF_LINES)
-    stop = threading.Event()
-    thread = threading.Thread(target=_produce, name=f"analyze-{source}", daemon=True,
-                              args=(upload, info, source, settings, worker, loop, lines, slots, stop))
-    thread.start()
     try:
         while (line := await lines.get()) is not None:
-            slots.release()
+            room.release()
             yield line
     finally:
         stop.set()  # no await here: this also runs when the response is cancelled
 
 
 def _produce(upload: UploadFile, info: VideoInfo, source: str, settings: Settings, worker: InferenceWorker,
-             loop: asyncio.AbstractEventLoop, lines: asyncio.Queue, slots: threading.Semaphore,
-             stop: threading.Event) -> None:
-    """The analysis thread: decode, infer, step, serialise; owns and finally closes the upload file."""
+             loop: asyncio.AbstractEventLoop, lines: asyncio.Queue, room: threading.Semaphore,
+             stop: threading.Event, done: Callable[[], None]) -> None:
+    """The analysis thread: decode, infer, step, serialise; owns and finally closes the upload file,
+    then calls `done` (frees the concurrency slot) before the end-of-stream marker."""
+    client_timeout = settings.video_client_timeout_s
+    poll = min(0.5, client_timeout / 4)
 
-    def emit(message: dict | None) -> None:
+    def emit(message: dict | None, wait: bool = True) -> None:
         line = None if message is None else json.dumps(message, separators=(",", ":")) + "\n"
-        if line is not None:
-            while not slots.acquire(timeout=0.5):  # the client reads slowly: wait, unless it left
+        if line is not None and wait:
+            deadline = time.monotonic() + client_timeout
+            while not room.acquire(timeout=poll):  # the client reads slowly: wait, unless it left
                 if stop.is_set():
                     raise _Stopped
+                if time.monotonic() >= deadline:
+                    raise _ClientStuck
             if stop.is_set():
                 raise _Stopped
         try:
@@ -102,22 +174,38 @@ def _produce(upload: UploadFile, info: VideoInfo, source: str, settings: Setting
         except RuntimeError:  # loop closed (shutdown)
             raise _Stopped from None
 
+    messages = None
     try:
         pipeline = SourcePipeline(source, settings.pipeline, live=False)
         frames = iter_frames(upload.file, source, stop=stop.is_set)
-        for message in analyze(frames, worker, pipeline, video=info):
+        messages = analyze(frames, worker, pipeline, video=info)
+        for message in messages:
             emit(message)
     except _Stopped:
         log.info("analysis of %s stopped: the client went away", source)
+    except _ClientStuck:
+        reason = (f"analysis stopped: the client took no output for {client_timeout:g} s "
+                  f"(FALLDET_VIDEO_CLIENT_TIMEOUT_S)")
+        log.warning("analysis of %s stopped: the client took no output for %g s; resources freed",
+                    source, client_timeout)
+        try:  # for a client that reads again; past the hand-off bound by this one line
+            emit({"type": "error", "reason": reason}, wait=False)
+        except _Stopped:
+            pass
     except Exception:
         log.exception("analysis of %s failed", source)
         try:
             emit({"type": "error", "reason": "internal error"})
-        except _Stopped:
+        except (_Stopped, _ClientStuck):
             pass
     finally:
-        upload.file.close()
         try:
-            emit(None)
-        except _Stopped:
-            pass
+            if messages is not None:
+                messages.close()  # now, not at garbage collection: decoder closed, in-flight frames cancelled
+        finally:
+            upload.file.close()
+            done()  # before the end marker: a client that read to the end may upload again at once
+            try:
+                emit(None)
+            except _Stopped:
+                pass

@@ -6,7 +6,14 @@ as a `Frame`. A camera that refuses, drops or freezes the connection is a state,
     connecting --first frame--> live --no frame for stall_timeout_s--> stalled --frame--> live
         |                        |                                        |
         +--open failed-----------+--stream ended / read error-------------+--> backoff --delay--> connecting
+        +--no decodable frame----+--no decodable frame--------------------+
     any state --stop()--> stopped
+
+A camera whose packets keep coming but never decode (corrupt references, no keyframe, every packet
+InvalidDataError) never trips the read timeout, so the decode loop drops the session itself: no
+frame for `read_timeout_s` since the last one, or for `open_timeout_s + read_timeout_s` after the
+open returned (the first keyframe may be a whole GOP away), ends it with `last_error = "no decodable
+frame for N s"` and the normal backoff-and-reconnect path runs.
 
 Reconnects wait `min(backoff_max_s, backoff_initial_s * backoff_factor**n)`, shortened by up to
 `backoff_jitter` of itself at random so that cameras that dropped together do not retry in step;
@@ -63,8 +70,10 @@ class RtspSettings(BaseModel):
 
     open_timeout_s: float = Field(5.0, gt=0, description="longest wait to connect and read the stream "
                                                          "header before giving up on an attempt")
-    read_timeout_s: float = Field(5.0, gt=0, description="a connected camera that sends nothing for "
-                                                         "this long is disconnected and retried")
+    read_timeout_s: float = Field(5.0, gt=0, description="a connected camera that sends nothing, or "
+                                                         "nothing that decodes, for this long is "
+                                                         "disconnected and retried (first frame of a "
+                                                         "session: open_timeout_s + this)")
     stall_timeout_s: float = Field(2.0, gt=0, description="no decoded frame for this long: state "
                                                           "'stalled' (shown before the read timeout)")
     backoff_initial_s: float = Field(0.5, gt=0, description="first wait before reconnecting")
@@ -263,7 +272,11 @@ class RtspReader:
                      f" ({error})" if error else "")
 
     def _watch(self) -> None:
-        """Stall watchdog: a live camera with no frame for stall_timeout_s shows 'stalled'."""
+        """Stall watchdog: a live camera with no frame for stall_timeout_s shows 'stalled'.
+
+        It only relabels: the session is ended by the read timeout (nothing arrives) or by the
+        decode loop (packets arrive, nothing decodes; `_undecodable_for`).
+        """
         period = min(0.25, self.settings.stall_timeout_s / 4)
         while not self._stop.wait(period):
             silent = time.monotonic() - self._last_frame_at
@@ -312,19 +325,33 @@ class RtspReader:
             if not container.streams.video:
                 return "no video stream"
             stream = container.streams.video[0]
+            opened_at = time.monotonic()
             for packet in container.demux(stream):
                 if self._stop.is_set():
                     return "stopped"
                 try:
                     frames = packet.decode()
-                except av.error.InvalidDataError:  # one corrupt packet is not a reason to reconnect
+                except av.error.InvalidDataError:  # one corrupt packet is not a reason to reconnect...
                     self.decode_errors += 1
-                    continue
+                    frames = ()
                 for decoded in frames:
                     self._deliver(decoded)
+                # ...but packets that keep coming without a frame are: the read timeout never fires
+                silent = self._undecodable_for(opened_at)
+                if silent is not None:
+                    return f"no decodable frame for {silent:.1f} s"
             return "stream ended"
         finally:
             container.close()
+
+    def _undecodable_for(self, opened_at: float) -> float | None:
+        """Seconds without a decoded frame when that is past the limit of this session, else None."""
+        now = time.monotonic()
+        if self._session_frames:
+            silent, limit = now - self._last_frame_at, self.settings.read_timeout_s
+        else:
+            silent, limit = now - opened_at, self.settings.open_timeout_s + self.settings.read_timeout_s
+        return silent if silent > limit else None
 
     def _next_pts(self, stream_time: float | None, now_wall: float) -> float:
         """Presentation time from the stream, continued across reconnects and always rising."""
