@@ -7,12 +7,25 @@ with `call_soon_threadsafe`. Each subscriber has its own bounded queue that drop
 message when full, so a slow or stuck client never slows the pipeline or another client.
 `close_source` ends a removed camera's subscriptions: each client gets what was already in its
 mailbox (the camera's final events), then its handler closes the socket with the given code.
+
+Durable before announced, also when the store fails: an event whose `store.add` raises (disk full,
+I/O error) is kept in a bounded in-memory backlog, in order, and retried by a thread with backoff
+(`RETRY_FIRST_S` doubling to `RETRY_MAX_S`). While the backlog is not empty every new event queues
+behind it (the store, and so delivery, keep the publishing order); an event is announced on
+WebSockets and delivery is woken only once it is stored. `/readyz` answers 503 while the backlog is
+not empty. The backlog holds at most `RETRY_QUEUE_MAX` events; when it is full the oldest queued
+`still_down` (a periodic reminder) makes room, and if there is none the new event is dropped: the
+oldest events (the alerts operators have not seen anywhere yet) are kept. A drop is counted
+(`falldet_bus_events_dropped_total`) and logged at ERROR with the event's JSON, never silent. The
+backlog is memory only: a process that stops with a backlog loses it (logged by `close`).
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any, Protocol
 
@@ -26,8 +39,14 @@ WS_CLIENTS = Gauge("falldet_ws_clients", "WebSocket subscribers connected", ["ki
 WS_DROPPED = Counter("falldet_ws_messages_dropped", "Messages a slow WebSocket client lost (oldest first)",
                      ["kind"])
 STORE_ERRORS = Counter("falldet_bus_store_errors", "Events the alert store failed to write")
+STORE_BACKLOG = Gauge("falldet_bus_store_backlog", "Events waiting for the alert store to accept them")
+EVENTS_DROPPED = Counter("falldet_bus_events_dropped", "Events lost because the store backlog was full",
+                         ["type"])
 
 DEFAULT_QUEUE = 256
+RETRY_QUEUE_MAX = 1000  # events kept in memory while the store fails (module constants, no setting)
+RETRY_FIRST_S = 0.5  # first retry after a store failure; doubles after each failed attempt
+RETRY_MAX_S = 30.0
 
 
 class SubscriptionClosed(Exception):
@@ -95,13 +114,28 @@ class EventBus:
     """Thread-safe publishing from any thread to subscribers on one asyncio loop."""
 
     def __init__(self, store: Store | None, delivery: Delivery | None = None,
-                 queue_size: int = DEFAULT_QUEUE) -> None:
+                 queue_size: int = DEFAULT_QUEUE, *, retry_queue_max: int = RETRY_QUEUE_MAX,
+                 retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S) -> None:
+        if retry_queue_max < 1:
+            raise ValueError("retry_queue_max must be at least 1")
         self.store = store
         self.delivery = delivery
         self.queue_size = queue_size
+        self.retry_queue_max = retry_queue_max
+        self.retry_first_s = retry_first_s
+        self.retry_max_s = retry_max_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._subs: dict[str | None, set[Subscription]] = {}
+        # Store writes and the backlog: one writer at a time, so the store keeps publishing order.
+        self._write_lock = threading.Lock()
+        self._backlog: deque[Any] = deque()
+        self._backlog_since: float | None = None  # wall clock of the first failure of this outage
+        self._last_error: str | None = None
+        self.dropped = 0  # events lost because the backlog was full (since start)
+        self._retry_thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
         if delivery is not None:
             delivery.on_remote_event(self.publish_remote)
 
@@ -168,23 +202,132 @@ class EventBus:
     def publish_event(self, event: Any) -> dict:
         """Store the event (commit), announce it on WebSockets, wake delivery; returns the alert JSON.
 
-        If the store fails the event is still shown to connected operators (a fall must not vanish),
-        but it is not handed to delivery, which only sends what the store holds.
+        If the store fails (or earlier events still wait for it) the event joins the backlog and
+        is announced and delivered only once the retry thread has stored it; the event's own JSON
+        is returned then.
         """
-        stored = True
-        try:
-            message = self.store.add(event) if self.store is not None else event.to_json()
-        except Exception:
-            log.exception("alert store failed for event %s", getattr(event, "id", "?"))
-            STORE_ERRORS.inc()
-            message, stored = event.to_json(), False
+        if self.store is None:
+            message = event.to_json()
+            self._fan_out([event.source, None], message)
+            return message
+        with self._write_lock:
+            if self._backlog:  # behind the events already waiting: keep the order
+                self._enqueue(event)
+                return event.to_json()
+            try:
+                message = self.store.add(event)
+            except Exception as exc:
+                self._store_failed(event, exc)
+                self._enqueue(event)
+                return event.to_json()
+        self._announce(event, message)
+        return message
+
+    # -- the store backlog -----------------------------------------------------------------------
+    def backlog(self) -> dict:
+        """Readiness view: events waiting for the store, since when, the last error, drops.
+
+        Lock-free (plain attribute reads): `/readyz` calls it on the event loop, and the write lock
+        can be held for as long as a hung disk takes to answer."""
+        pending = len(self._backlog)
+        since, error = self._backlog_since, self._last_error
+        return {"pending": pending, "since": since, "last_error": error if pending else None,
+                "dropped": self.dropped}
+
+    def retry_pending(self) -> bool:
+        """Try to store the backlog, oldest first, stopping at the first failure; each stored event
+        is announced and delivery woken. Returns True when the backlog is empty. Any thread."""
+        while True:
+            with self._write_lock:
+                if not self._backlog:
+                    self._backlog_since = None
+                    return True
+                event = self._backlog[0]
+                try:
+                    message = self.store.add(event)  # idempotent by id: a retry never duplicates
+                except Exception as exc:
+                    self._store_failed(event, exc)
+                    return False
+                self._backlog.popleft()
+                STORE_BACKLOG.set(len(self._backlog))
+                if not self._backlog:
+                    self._backlog_since = None
+                    log.warning("alert store recovered: backlog written")
+            self._announce(event, message)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop the retry thread after one last attempt; logs what a backlog loses. Idempotent."""
+        self._closed = True
+        self._wake.set()
+        thread = self._retry_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+        if self.store is not None and not self.retry_pending():
+            with self._write_lock:
+                lost = list(self._backlog)
+            for event in lost:
+                log.error("bus closing: event never stored, lost: %s", _event_json(event))
+
+    def _store_failed(self, event: Any, exc: Exception) -> None:
+        """Note a failed store write. Call with `_write_lock` held."""
+        STORE_ERRORS.inc()
+        self._last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if self._backlog_since is None:
+            self._backlog_since = time.time()
+        log.error("alert store failed for event %s (%s); kept in memory and retried (backlog %d)",
+                  getattr(event, "id", "?"), self._last_error, len(self._backlog),
+                  exc_info=not self._backlog)  # the traceback once per outage
+
+    def _enqueue(self, event: Any) -> None:
+        """Append to the backlog (call with `_write_lock` held); make room or drop when full."""
+        if len(self._backlog) >= self.retry_queue_max:
+            victim = next((e for e in self._backlog if getattr(e, "type", None) == "still_down"), None)
+            if victim is not None:
+                self._backlog.remove(victim)
+            else:
+                victim = event  # keep the oldest: they are the alerts nobody has seen yet
+            self.dropped += 1
+            EVENTS_DROPPED.labels(getattr(victim, "type", "?")).inc()
+            log.error("alert store backlog full (%d): event dropped, never stored or announced: %s",
+                      self.retry_queue_max, _event_json(victim))
+            if victim is event:
+                return
+        self._backlog.append(event)
+        if self._backlog_since is None:
+            self._backlog_since = time.time()
+        STORE_BACKLOG.set(len(self._backlog))
+        self._start_retry()
+
+    def _start_retry(self) -> None:
+        """Make sure a retry thread runs (call with `_write_lock` held)."""
+        if self._closed or (self._retry_thread is not None and self._retry_thread.is_alive()):
+            return
+        self._retry_thread = threading.Thread(target=self._retry_loop, name="bus-store-retry", daemon=True)
+        self._retry_thread.start()
+
+    def _retry_loop(self) -> None:
+        delay = self.retry_first_s
+        while not self._closed:
+            self._wake.wait(delay)
+            if self._closed:
+                return
+            if self.retry_pending():
+                with self._write_lock:  # an event queued between the drain and here?
+                    if not self._backlog:
+                        self._retry_thread = None
+                        return
+                delay = self.retry_first_s
+            else:
+                delay = min(delay * 2, self.retry_max_s)
+
+    def _announce(self, event: Any, message: dict) -> None:
+        """The event is stored: show it on WebSockets, then wake delivery."""
         self._fan_out([event.source, None], message)
-        if stored and self.delivery is not None:
+        if self.delivery is not None:
             try:
                 self.delivery.notify()
             except Exception:
                 log.exception("delivery.notify failed")
-        return message
 
     def publish_remote(self, message: dict) -> None:
         """An event another pod published on the broker: shown on this pod's `/v1/events` only."""
@@ -211,3 +354,10 @@ class EventBus:
             targets = [sub for key in keys for sub in self._subs.get(key, ())]
         for sub in targets:
             sub.put(message)
+
+
+def _event_json(event: Any) -> str:
+    try:
+        return json.dumps(event.to_json(), separators=(",", ":"))
+    except Exception:
+        return repr(getattr(event, "id", event))

@@ -6,15 +6,22 @@ same events as the live camera did.
 
 One lifecycle per fall of a track (DESIGN.md):
 - onset: the first frame of the track's smoothed `fall` segment (see `service/timeline.py`);
-- `fall_alert` once the fall segment has lasted `confirm_s`, at most one per track per
-  `cooldown_s`: a fall confirmed inside the cooldown is alerted when the cooldown ends if the
-  person is still down then, so a repeat alert is delayed, never a person left on the floor;
+- `fall_alert` once the fall segment has lasted `confirm_s`, on a frame where the track is
+  detected (a coasting track, predicted but not detected, confirms nothing: its box would be
+  stale on the snapshot; the next detection confirms), at most one per track per `cooldown_s`:
+  a fall confirmed inside the cooldown is alerted when the cooldown ends if the person is still
+  down then, so a repeat alert is delayed, never a person left on the floor;
 - `still_down` when the person has been down `still_down_s` since onset, then every
   `still_down_every_s`;
 - `fall_cleared` when an alerted fall ends, with `time_down_s` from onset to the end and a reason:
   `recovered` (another action took over: the event's frame is the first frame of that segment),
   `track_lost` (the tracker dropped the track: the event's frame is its last detection), or
   `source_ended` (the video or stream ended while the person was down: its last frame).
+  The end is never placed before the fall's latest event (`fall_alert` or `still_down`): the
+  timeline backdates a recovery up to its smoothing window, which can be before the alert's frame;
+  the clear then takes that event's frame and time (its box stays the latest detection), so
+  events of a fall are in frame order and an alerted fall's `time_down_s` is never below
+  `confirm_s`.
 A fall that ends before it is confirmed raises nothing; it is still recorded for the summary.
 """
 from __future__ import annotations
@@ -92,6 +99,8 @@ class _TrackState:
     fall: FallRecord | None = None
     last_alert_s: float | None = None
     next_still_s: float = float("inf")
+    # (frame, pts_s, at) of the current fall's latest event: a clear is never placed before it
+    last_event: tuple[int, float, float] | None = None
 
 
 class FallRules:
@@ -132,7 +141,9 @@ class FallRules:
                                  onset_s=status.start_pts_s)
         fall = st.fall
         if fall.alert_id is None:
-            confirmed = status.pts_s - fall.onset_s >= self.confirm_s
+            # Only on a detected frame: a coasting track's box is a prediction (stale on the
+            # snapshot), and the person may not be there at all.
+            confirmed = status.observed and status.pts_s - fall.onset_s >= self.confirm_s
             cooled = st.last_alert_s is None or status.pts_s - st.last_alert_s >= self.cooldown_s
             if confirmed and cooled:
                 event = self._event("fall_alert", status, fall, status.frame, status.pts_s, status.at,
@@ -140,11 +151,13 @@ class FallRules:
                 fall.alert_id, fall.alert_frame, fall.alert_s = event.id, status.frame, status.pts_s
                 st.last_alert_s = status.pts_s
                 st.next_still_s = fall.onset_s + self.still_down_s
+                st.last_event = (status.frame, status.pts_s, status.at)
                 events.append(event)
         elif status.pts_s >= st.next_still_s:
             events.append(self._event("still_down", status, fall, status.frame, status.pts_s,
                                       status.at, status.box))
             fall.still_down += 1
+            st.last_event = (status.frame, status.pts_s, status.at)
             while st.next_still_s <= status.pts_s:  # one message per check, even after a gap
                 st.next_still_s += self.still_down_every_s
         return events
@@ -169,6 +182,11 @@ class FallRules:
                 box: tuple[float, float, float, float], reason: ClearReason) -> list[Event]:
         fall = st.fall
         assert fall is not None
+        if st.last_event is not None and frame < st.last_event[0]:
+            # A recovery backdated (by the smoothing window) to before the alert or a still_down:
+            # end the fall at that event instead, so a clear never precedes what it clears.
+            frame, pts_s, at = st.last_event
+        st.last_event = None
         fall.end_frame, fall.end_s, fall.reason = frame, pts_s, reason
         self.falls.append(fall)
         st.fall = None

@@ -127,11 +127,14 @@ class RetentionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     snapshot_max_age_days: float | None = Field(
-        30.0, gt=0, description="Delete snapshot JPEGs older than this many days (the alert row stays). None: keep.")
+        30.0, gt=0, description="Delete snapshot JPEGs stored more than this many days ago (the alert row stays); "
+                                "never those of unacknowledged fall alerts or undelivered events. None: keep.")
     snapshot_max_total_mb: float | None = Field(
-        2048.0, gt=0, description="Delete the oldest snapshots while all of them together exceed this size. None: no cap.")
+        2048.0, gt=0, description="Delete the oldest snapshots while all of them together exceed this size "
+                                  "(unacknowledged fall alerts and undelivered events keep theirs). None: no cap.")
     event_max_age_days: float | None = Field(
-        None, gt=0, description="Delete alert rows (and their snapshots) older than this many days. None: keep history.")
+        None, gt=0, description="Delete alert rows (and their snapshots) stored more than this many days ago, "
+                                "except unacknowledged fall alerts and events not yet delivered. None: keep history.")
     prune_interval_s: float = Field(600.0, gt=0, description="Seconds between two background prunes.")
 
 
@@ -195,6 +198,7 @@ class AlertStore:
         self.run_id = uuid.uuid4().hex  # this process's run: marks which events it raised
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
+        self._channels: set[str] = set()  # registered by this process: retention keeps what they still owe
         self._durable = self._connect("FULL")
         self._migrate()
         self._book = self._connect("NORMAL")
@@ -505,6 +509,7 @@ class AlertStore:
         A channel known from before (a webhook configured again, a restart after an outage) resumes
         where it stopped; its sender gives up, unsent, what has become too old to act on."""
         with self._lock:
+            self._channels.add(channel)
             top = self._book.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             self._book.execute(
                 "INSERT INTO channels (name, start_seq, done_seq, created_at) VALUES (?, ?, ?, ?)"
@@ -588,60 +593,126 @@ class AlertStore:
         return {r[0]: r[1] for r in rows}
 
     # ---------------------------------------------------------------- retention
+    PRUNE_BATCH = 500  # rows per prune transaction; the lock is released between two batches
+
+    # What retention never removes (a condition on `events e`; parameter: the JSON list of channels):
+    # an unacknowledged fall alert (someone may still be on the floor), and an event of this pod
+    # that a channel registered by this process has neither delivered nor given up (as in pending()).
+    _KEEP = ("((e.type = 'fall_alert' AND e.acked_at IS NULL)"
+             " OR (e.origin IS NULL AND EXISTS (SELECT 1 FROM channels c"
+             "  WHERE c.name IN (SELECT value FROM json_each(:channels)) AND e.seq > c.done_seq"
+             "  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = c.name AND d.seq = e.seq"
+             "   AND (d.delivered_at IS NOT NULL OR d.given_up_at IS NOT NULL)))))")
+
     def prune(self, retention: RetentionSettings | None = None, now: float | None = None) -> dict:
-        """Apply retention once: old rows, old snapshots, then the oldest until under the size cap."""
+        """Apply retention once: old rows, old snapshots, then the oldest until under the size cap.
+
+        Ages count from `created_at` (when this store got the event), not from the frame clock `at`.
+        Unacknowledged fall alerts and events a registered channel still has to deliver keep their
+        row and their snapshot (see `_KEEP`). Rows change in transactions of `PRUNE_BATCH`, with
+        the lock released in between, so `add()` never waits for a whole prune; each batch commits
+        before its files are deleted (a crash leaves an orphan file, never a row without its file).
+        """
         policy = retention or self.retention or RetentionSettings()
         now = time.time() if now is None else now
-        removed_files: list[tuple[str, int]] = []
-        pruned_events = 0
         with self._lock:
-            if policy.event_max_age_days is not None:
-                cutoff = now - policy.event_max_age_days * 86400
-                rows = self._durable.execute("SELECT snapshot, snapshot_bytes FROM events WHERE at < ?",
-                                             (cutoff,)).fetchall()
-                removed_files += [(r[0], r[1]) for r in rows if r[0]]
-                pruned_events = self._durable.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
-            doomed: list[tuple[int, str, int]] = []  # (seq, file, bytes) of snapshots to drop
+            channels = json.dumps(sorted(self._channels))
+        totals = {"snapshots": 0, "bytes": 0, "events": 0}
+        if policy.event_max_age_days is not None:
+            cutoff = now - policy.event_max_age_days * 86400
+            with self._lock:
+                seqs = [r[0] for r in self._durable.execute(
+                    f"SELECT e.seq FROM events e WHERE e.created_at < :cutoff AND NOT {self._KEEP} ORDER BY e.seq",
+                    {"cutoff": cutoff, "channels": channels})]
+            self._prune_batches(seqs, totals, delete_rows=True,
+                                check=f"e.created_at < :cutoff AND NOT {self._KEEP}",
+                                params={"cutoff": cutoff, "channels": channels})
+        doomed: list[int] = []  # seqs whose snapshot goes
+        with self._lock:
             if policy.snapshot_max_age_days is not None:
-                cutoff = now - policy.snapshot_max_age_days * 86400
-                doomed += [tuple(r) for r in self._durable.execute(
-                    "SELECT seq, snapshot, snapshot_bytes FROM events WHERE snapshot IS NOT NULL AND at < ?",
-                    (cutoff,))]
+                doomed += [r[0] for r in self._durable.execute(
+                    f"SELECT e.seq FROM events e WHERE e.snapshot IS NOT NULL AND e.created_at < :cutoff"
+                    f" AND NOT {self._KEEP} ORDER BY e.seq",
+                    {"cutoff": now - policy.snapshot_max_age_days * 86400, "channels": channels})]
             if policy.snapshot_max_total_mb is not None:
                 cap = int(policy.snapshot_max_total_mb * 1024 * 1024)
-                aged = {d[0] for d in doomed}
+                aged = set(doomed)
                 total = self._durable.execute(
                     "SELECT COALESCE(SUM(snapshot_bytes), 0) FROM events WHERE snapshot IS NOT NULL").fetchone()[0]
-                total -= sum(d[2] for d in doomed)
+                total -= self._durable.execute(
+                    "SELECT COALESCE(SUM(snapshot_bytes), 0) FROM events"
+                    " WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(doomed),)).fetchone()[0]
                 if total > cap:
-                    for seq, rel, size in self._durable.execute(
-                            "SELECT seq, snapshot, snapshot_bytes FROM events WHERE snapshot IS NOT NULL"
-                            " ORDER BY at, seq"):
+                    for seq, size in self._durable.execute(
+                            f"SELECT e.seq, e.snapshot_bytes FROM events e WHERE e.snapshot IS NOT NULL"
+                            f" AND NOT {self._KEEP} ORDER BY e.seq", {"channels": channels}):
                         if total <= cap:
                             break
                         if seq not in aged:
-                            doomed.append((seq, rel, size)); total -= size
-            removed_files += [(rel, size) for _, rel, size in doomed]
-            # Row first, then file: a crash in between leaves an orphan file, never a dangling row.
-            self._durable.executemany("UPDATE events SET snapshot = NULL WHERE seq = ?", [(d[0],) for d in doomed])
+                            doomed.append(seq)
+                            total -= size
+                if total > cap:
+                    log.warning("snapshots take %.1f MB, over the %.1f MB cap: the rest belong to unacknowledged "
+                                "fall alerts or undelivered events, which retention keeps", total / 2**20, cap / 2**20)
+        self._prune_batches(doomed, totals, delete_rows=False, check=f"e.snapshot IS NOT NULL AND NOT {self._KEEP}",
+                            params={"channels": channels})
+        with self._lock:
             stale_acks = self._durable.execute("DELETE FROM early_acks WHERE received_at < ?",
                                                (now - EARLY_ACK_MAX_AGE_S,)).rowcount
+        orphans = self._remove_orphan_snapshots(now)
+        with self._lock:
+            self._counters["prune_runs"] += 1
+        return {**totals, "orphans": orphans, "early_acks": stale_acks}
+
+    def _prune_batches(self, seqs: list[int], totals: dict, delete_rows: bool, check: str, params: dict) -> None:
+        """Delete rows (or only clear their snapshot), PRUNE_BATCH per transaction, then their files.
+
+        `check` is tested again inside each transaction: an event that became protected since it
+        was selected stays untouched."""
+        for i in range(0, len(seqs), self.PRUNE_BATCH):
+            batch = json.dumps(seqs[i:i + self.PRUNE_BATCH])
+            with self._lock:
+                self._durable.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = self._durable.execute(
+                        f"SELECT e.seq, e.snapshot, e.snapshot_bytes FROM events e"
+                        f" WHERE e.seq IN (SELECT value FROM json_each(:batch)) AND {check}",
+                        {**params, "batch": batch}).fetchall()
+                    chosen = json.dumps([r[0] for r in rows])
+                    if delete_rows:
+                        self._durable.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+                                              (chosen,))
+                    else:
+                        self._durable.execute("UPDATE events SET snapshot = NULL"
+                                              " WHERE seq IN (SELECT value FROM json_each(?))", (chosen,))
+                    self._durable.execute("COMMIT")
+                except BaseException:
+                    if self._durable.in_transaction:
+                        self._durable.execute("ROLLBACK")
+                    raise
+            # Row first (committed above), then file: a crash in between leaves an orphan file only.
+            files = [(r[1], r[2]) for r in rows if r[1]]
+            freed = self._remove_files(files)
+            with self._lock:
+                if delete_rows:
+                    self._counters["pruned_events"] += len(rows)
+                self._counters["pruned_snapshots"] += len(files)
+                self._counters["pruned_snapshot_bytes"] += freed
+            totals["events"] += len(rows) if delete_rows else 0
+            totals["snapshots"] += len(files)
+            totals["bytes"] += freed
+            time.sleep(0.001)  # outside the lock: a waiting add() gets in before the next batch
+
+    def _remove_files(self, files: list[tuple[str, int]]) -> int:
+        """Unlink snapshot files (outside the lock); the bytes actually freed."""
         freed = 0
-        for rel, size in removed_files:
+        for rel, size in files:
             try:
                 (self.snapshot_dir / rel).unlink()
                 freed += size
             except FileNotFoundError:
                 pass
-        orphans = self._remove_orphan_snapshots(now)
-        result = {"snapshots": len(removed_files), "bytes": freed, "events": pruned_events, "orphans": orphans,
-                  "early_acks": stale_acks}
-        with self._lock:
-            self._counters["pruned_snapshots"] += len(removed_files)
-            self._counters["pruned_snapshot_bytes"] += freed
-            self._counters["pruned_events"] += pruned_events
-            self._counters["prune_runs"] += 1
-        return result
+        return freed
 
     def _remove_orphan_snapshots(self, now: float, older_than_s: float = 3600.0) -> int:
         """Files no row points at (a crash between file and row, or a failed insert)."""

@@ -193,3 +193,82 @@ def test_event_json_has_no_bytes_and_says_if_a_snapshot_exists():
 def test_bad_interval_is_rejected():
     with pytest.raises(ValueError):
         FallRules("cam", still_down_every_s=0)
+
+
+def test_a_recovery_backdated_before_the_alert_clears_at_the_alert_frame():
+    """The timeline backdates a recovery up to its window: the clear never precedes the alert."""
+    rules = FallRules("cam", confirm_s=1.0)
+    track = Track(rules)
+    track.set("fall", 10)
+    (alert,) = track.until(20)  # confirmed at frame 20 (2.0 s), time down 1.0 s
+    track.set("stand", 18)  # at frame 22 the timeline says the stand started at frame 18
+    (cleared,) = track.until(22)
+    assert (cleared.type, cleared.reason, cleared.frame) == ("fall_cleared", "recovered", alert.frame)
+    assert cleared.pts_s == alert.pts_s and cleared.at == alert.at
+    assert cleared.time_down_s == pytest.approx(alert.time_down_s) and cleared.time_down_s >= 1.0
+    rec = rules.falls[0].to_json()
+    assert rec["end_frame"] == 20 and rec["time_down_s"] == pytest.approx(1.0) and rec["confirmed"]
+
+
+def test_a_backdated_recovery_never_precedes_a_still_down():
+    rules = FallRules("cam", confirm_s=1.0, still_down_s=3.0, still_down_every_s=10.0)
+    track = Track(rules)
+    track.set("fall", 0)
+    assert types(track.until(31)) == [("fall_alert", 10), ("still_down", 30)]
+    track.set("stand", 27)
+    (cleared,) = track.until(32)
+    assert cleared.frame == 30 and cleared.time_down_s == pytest.approx(3.0)
+
+
+def test_a_recovery_after_the_alert_keeps_its_backdated_frame():
+    rules = FallRules("cam", confirm_s=1.0)
+    track = Track(rules)
+    track.set("fall", 10)
+    track.until(25)
+    track.set("stand", 21)  # backdated, but after the alert (frame 20): kept as is
+    (cleared,) = track.until(26)
+    assert cleared.frame == 21 and cleared.time_down_s == pytest.approx(1.1)
+
+
+def test_backdated_recovery_through_the_timeline_keeps_events_in_frame_order():
+    """End to end: a short fall confirmed on a frame the recovery is later backdated before."""
+    tl, rules, events = Timeline(), FallRules("cam", confirm_s=0.45), []
+    pattern = "T" * 30 + "F" * 12 + "T" * 30
+    for i, ch in enumerate(pattern):
+        action = {"T": "stand", "F": "fall"}[ch]
+        tl.observe([Person(BOX, 0.8, ACTIONS.index(action), 3)], i, i / 30, 1000.0 + i / 30)
+        events += rules.update(tl.status(3, i, i / 30, 1000.0 + i / 30))
+    assert [e.type for e in events] == ["fall_alert", "fall_cleared"]
+    alert, cleared = events
+    assert cleared.frame >= alert.frame and cleared.time_down_s >= alert.time_down_s >= 0.45
+
+
+def status_at(frame: int, seen_frame: int, action: str = "fall", start: int = 10, fps: float = 10.0,
+              box: tuple = BOX) -> TrackStatus:
+    t, ts = frame / fps, seen_frame / fps
+    seen = Observation(seen_frame, ts, 1000.0 + ts, action, 0.8, box)
+    return TrackStatus(7, action, start, start / fps, 1000.0 + start / fps, frame, t, 1000.0 + t, seen,
+                       seen_frame == frame)
+
+
+def test_a_coasting_track_confirms_nothing_until_it_is_detected_again():
+    rules = FallRules("cam", confirm_s=1.0)
+    for f in range(10, 18):  # down from frame 10, detected until frame 17
+        assert rules.update(status_at(f, f)) == []
+    for f in range(18, 25):  # coasting: alive, not detected, past confirm_s from frame 20
+        assert rules.update(status_at(f, 17)) == []
+    moved = (50.0, 210.0, 340.0, 290.0)
+    (alert,) = rules.update(status_at(25, 25, box=moved))  # detected again: confirmed here
+    assert (alert.type, alert.frame, alert.box) == ("fall_alert", 25, moved)
+    assert alert.time_down_s == pytest.approx(1.5)
+    assert rules.falls == [] and rules.ongoing()[0].alert_frame == 25
+
+
+def test_a_fall_lost_while_coasting_before_any_detection_past_confirm_raises_nothing():
+    rules = FallRules("cam", confirm_s=1.0)
+    for f in range(10, 15):
+        rules.update(status_at(f, f))
+    for f in range(15, 40):
+        assert rules.update(status_at(f, 14)) == []
+    assert rules.end_track(status_at(40, 14), "track_lost") == []
+    assert rules.falls[0].alert_id is None and rules.falls[0].end_frame == 14

@@ -3,6 +3,7 @@ delivery bookkeeping, retention, migrations, thread safety."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -256,6 +257,14 @@ def test_open_falls_close_on_recovery_or_ack_only(tmp_path: Path) -> None:
         s.close()
 
 
+def backdate(store: AlertStore, ids: list[str], created_at: float) -> None:
+    """Pretend these events were stored at `created_at` (retention ages count from there)."""
+    conn = sqlite3.connect(store.db_path)
+    with conn:
+        conn.executemany("UPDATE events SET created_at = ? WHERE id = ?", [(created_at, i) for i in ids])
+    conn.close()
+
+
 def test_prune_by_age_size_and_orphans(tmp_path: Path) -> None:
     s = AlertStore(tmp_path / "a.db", tmp_path / "snaps", retention=None)
     now = time.time()
@@ -263,6 +272,8 @@ def test_prune_by_age_size_and_orphans(tmp_path: Path) -> None:
     newer = [make_event(at=now - 100 + i, snapshot=bytes(1000) + jpeg(i)) for i in range(5)]
     for ev in [old, *newer]:
         s.add(ev)
+        s.ack(ev.id, "ann", None)  # open alerts keep their snapshot: see the test below
+    backdate(s, [old.id], now - 10 * 86400)
     orphan = s.snapshot_dir / "19990101" / "orphan.jpg"
     orphan.parent.mkdir()
     orphan.write_bytes(b"x")
@@ -281,12 +292,126 @@ def test_prune_by_age_size_and_orphans(tmp_path: Path) -> None:
     s.close()
 
 
+def test_prune_keeps_undelivered_events_and_open_alerts_with_their_snapshots(tmp_path: Path) -> None:
+    s = AlertStore(tmp_path / "a.db", tmp_path / "snaps", retention=None)
+    now = time.time()
+    s.register_channel("hook")
+    undelivered, open_alert, done = (make_event(frame=10 + i) for i in range(3))
+    given_up = make_event(type="still_down", snapshot=jpeg(7))
+    for ev in (undelivered, open_alert, done, given_up):
+        s.add(ev)
+    seq = {p.id: p.seq for p in s.pending("hook")}
+    s.record("hook", seq[open_alert.id], "delivered", status=200)
+    s.record("hook", seq[done.id], "delivered", status=200)
+    s.record("hook", seq[given_up.id], "given_up", error="retry time exhausted")
+    s.record("hook", seq[undelivered.id], "pending", status=500, error="HTTP 500", next_attempt_at=now + 5)
+    for ev in (undelivered, done, given_up):
+        s.ack(ev.id, "ann", None)
+    # mirrored events are never delivered from here; their frame clock `at` is another pod's
+    recent_mirror, old_mirror = make_event(at=now - 30 * 86400), make_event()
+    for ev in (recent_mirror, old_mirror):
+        s.add_remote(ev.to_json(), origin="pod-b", snapshot=ev.snapshot)
+        s.ack(ev.id, "ann", None)
+    backdate(s, [e.id for e in (undelivered, open_alert, done, given_up, old_mirror)], now - 10 * 86400)
+    kept = (undelivered, open_alert)
+    files = {e.id: s.snapshot_path(e.id) for e in (*kept, done, given_up)}
+
+    snaps = s.prune(RetentionSettings(snapshot_max_age_days=1, snapshot_max_total_mb=1e-6), now=now)
+    assert snaps["snapshots"] == 4  # done, given_up, both mirrors (the size cap takes the recent one too)
+    assert all(s.snapshot_path(e.id) == files[e.id] and files[e.id].is_file() for e in kept)
+    assert not files[done.id].exists() and not files[given_up.id].exists()
+
+    rows = s.prune(RetentionSettings(snapshot_max_age_days=None, snapshot_max_total_mb=None,
+                                     event_max_age_days=5), now=now)
+    assert rows["events"] == 3  # done, given_up, old_mirror
+    assert [s.get(e.id) is not None for e in (undelivered, open_alert, done, given_up, recent_mirror, old_mirror)
+            ] == [True, True, False, False, True, False]
+    assert all(s.snapshot_path(e.id) is not None for e in kept)
+    assert [p.id for p in s.pending("hook")] == [undelivered.id]  # still to deliver, with its attempts
+    assert s.deliveries(undelivered.id)[0]["attempts"] == 1
+
+    s.record("hook", seq[undelivered.id], "delivered", status=200)
+    s.ack(open_alert.id, "bob", None)
+    rows = s.prune(RetentionSettings(snapshot_max_age_days=1, event_max_age_days=5), now=now)
+    assert rows["events"] == 2 and rows["snapshots"] == 2
+    assert not any(files[e.id].exists() for e in kept) and s.list()["total"] == 1
+    s.close()
+
+
+def test_prune_only_waits_for_channels_registered_by_this_process(tmp_path: Path) -> None:
+    """A channel whose endpoint is no longer configured must not keep every later event forever."""
+    db, snaps = tmp_path / "a.db", tmp_path / "snaps"
+    s = AlertStore(db, snaps, retention=None)
+    s.register_channel("old-hook")
+    ev = make_event(type="still_down")
+    s.add(ev)
+    backdate(s, [ev.id], time.time() - 10 * 86400)
+    policy = RetentionSettings(event_max_age_days=5)
+    assert s.prune(policy)["events"] == 0 and s.get(ev.id) is not None
+    s.close()
+    s = AlertStore(db, snaps, retention=None)  # restarted without that webhook
+    try:
+        assert s.prune(policy)["events"] == 1 and s.get(ev.id) is None
+    finally:
+        s.close()
+
+
+def test_prune_works_in_batches_and_lets_writers_in_between(tmp_path: Path, monkeypatch) -> None:
+    s = AlertStore(tmp_path / "a.db", tmp_path / "snaps", retention=None)
+    s.PRUNE_BATCH = 300
+    n, old = 2000, time.time() - 10 * 86400
+    (s.snapshot_dir / "19990101").mkdir()
+    rows = []
+    for i in range(n):
+        rel = f"19990101/e{i}.jpg"
+        (s.snapshot_dir / rel).write_bytes(b"j" * 10)
+        rows.append((f"e{i}", "still_down", "cam1", 1, old, old, json.dumps({"id": f"e{i}"}), rel, 10, old))
+    conn = sqlite3.connect(s.db_path)
+    with conn:
+        conn.executemany("INSERT INTO events (id, type, source, track_id, at, created_at, body, snapshot,"
+                         " snapshot_bytes, acked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    batches: list[int] = []
+    added: list[str] = []
+    remove = s._remove_files
+
+    def between_batches(files: list[tuple[str, int]]) -> int:
+        """Runs after each batch committed: its rows no longer name the files, and add() gets the lock."""
+        names = json.dumps([f[0] for f in files])
+        assert conn.execute("SELECT COUNT(*) FROM events WHERE snapshot IN (SELECT value FROM json_each(?))",
+                            (names,)).fetchone()[0] == 0
+        assert all((s.snapshot_dir / rel).exists() for rel, _ in files)  # row first, then the file
+        ev = make_event(type="still_down", snapshot=None)
+        writer = threading.Thread(target=lambda: (s.add(ev), added.append(ev.id)))
+        writer.start()
+        writer.join(60)
+        assert not writer.is_alive(), "add() waited for the prune to finish"
+        batches.append(len(files))
+        return remove(files)
+
+    monkeypatch.setattr(s, "_remove_files", between_batches)
+    result = s.prune(RetentionSettings(snapshot_max_age_days=1, snapshot_max_total_mb=None))
+    assert result["snapshots"] == n and result["bytes"] == 10 * n
+    assert batches == [300] * 6 + [200] and len(added) == 7
+    assert not any((s.snapshot_dir / "19990101").iterdir())
+    assert conn.execute("SELECT COUNT(*) FROM events WHERE snapshot IS NOT NULL").fetchone()[0] == 0
+    batches.clear()
+    result = s.prune(RetentionSettings(snapshot_max_age_days=None, snapshot_max_total_mb=None,
+                                       event_max_age_days=5))
+    assert result["events"] == n and len(batches) == 7 and s.list()["total"] == 14
+    assert all(s.get(i) is not None for i in added)
+    conn.close()
+    s.close()
+
+
 def test_background_pruner_runs(tmp_path: Path) -> None:
     s = AlertStore(tmp_path / "a.db", tmp_path / "snaps",
                    retention=RetentionSettings(snapshot_max_age_days=1, prune_interval_s=0.05))
     try:
         ev = make_event(at=time.time() - 3 * 86400)
         s.add(ev)
+        s.ack(ev.id, "ann", None)
+        backdate(s, [ev.id], time.time() - 3 * 86400)
         deadline = time.time() + 5
         while s.stats()["pruned_snapshots"] == 0 and time.time() < deadline:
             time.sleep(0.05)

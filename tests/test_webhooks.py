@@ -64,6 +64,17 @@ class Receiver:
                 if status == 0:  # never answer
                     receiver.release.wait(30)
                     return
+                if status < 0:  # -1: headers, -2: body trickled a byte every 50 ms until released
+                    self.close_connection = True
+                    head = (b"HTTP/1.1 200 OK\r\nx-pad: " if status == -1
+                            else b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                    try:
+                        self.wfile.write(head)
+                        while not receiver.release.wait(0.05):
+                            self.wfile.write(b"a")
+                    except OSError:  # the client gave up and closed the connection
+                        pass
+                    return
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -147,6 +158,18 @@ def test_signature_matches_the_reference_implementation() -> None:
     assert verify(decode_secret(SECRET), headers, body)
     assert not verify(decode_secret(SECRET), headers, body + b" ")
     assert not verify(decode_secret(SECRET), dict(headers, **{"webhook-timestamp": str(ts - 3600)}), body)
+
+
+def test_verify_refuses_non_ascii_headers_instead_of_raising() -> None:
+    key, body, ts = decode_secret(SECRET), b'{"id":"abc"}', int(time.time())
+    headers = {"webhook-id": "abc", "webhook-timestamp": str(ts), "webhook-signature": sign(key, "abc", ts, body)}
+    assert verify(key, headers, body)
+    for name, value in [("webhook-signature", "v1,\u00e9t\u00e9"),
+                        ("webhook-signature", headers["webhook-signature"][:-2] + "\u00fc="),
+                        ("webhook-id", "ab\u00e7"),
+                        ("webhook-timestamp", "".join(chr(0x660 + int(c)) for c in str(ts)))]:  # Arabic digits
+        assert verify(key, dict(headers, **{name: value}), body) is False, name
+    assert verify(key, {k: v for k, v in headers.items() if k != "webhook-signature"}, body) is False
 
 
 def test_retry_after_parsing() -> None:
@@ -304,6 +327,31 @@ def test_slow_endpoint_delays_nothing_else(receiver: Receiver, store: AlertStore
         t = time.time()
         delivery.stop()
         assert time.time() - t < 6
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_answer_trickled_past_timeout_s_fails_the_attempt_and_is_retried(receiver: Receiver, store: AlertStore,
+                                                                           part: str) -> None:
+    """timeout_s bounds the whole attempt: a byte every 50 ms never lets a per-read timeout fire."""
+    path = f"/trickle-{part}"
+    receiver.behaviours[path] = lambda n: (-1 if part == "headers" else -2, {}) if n == 0 else (200, {})
+    delivery = delivery_for(store, hook_settings(receiver.url + path, timeout_s=0.5))
+    delivery.start()
+    try:
+        ev = make_event()
+        store.add(ev)
+        delivery.notify()
+        first, second = receiver.wait_for(path, 2)  # without a deadline the first answer never ends
+        assert second["t"] - first["t"] >= 0.45  # the first attempt ran to its deadline, then a retry
+        deadline = time.time() + 10
+        while not store.deliveries(ev.id)[0]["delivered_at"] and time.time() < deadline:
+            time.sleep(0.05)
+        (d,) = store.deliveries(ev.id)
+        assert d["attempts"] == 2 and d["last_status"] == 200 and d["delivered_at"] is not None
+        stats = delivery.stats()["webhooks"][0]
+        assert (stats["attempts"], stats["failed"], stats["delivered"]) == (2, 1, 1)
+    finally:
+        delivery.stop()
 
 
 def test_benchmark_store_to_webhook_latency(receiver: Receiver, store: AlertStore) -> None:

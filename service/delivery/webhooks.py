@@ -8,7 +8,10 @@ of "{id}.{timestamp}.{body}">` keyed with the base64-decoded secret (`whsec_...`
 Each endpoint has its own thread and reads its undelivered events from the store in order: a slow
 or dead endpoint only delays itself. A failed attempt is retried with exponential backoff and
 jitter (or after `Retry-After` when the endpoint sends one) until `max_retry_s` after the event was
-stored; 410 Gone disables the endpoint until restart, as the specification asks.
+stored; 410 Gone disables the endpoint until restart, as the specification asks. One attempt
+(connect, TLS, sending, the whole answer) has `timeout_s` in all: every socket operation of the
+sender's client shares that deadline, so an endpoint that trickles its answer byte by byte fails
+the attempt (and it is retried) instead of holding the sender.
 
 An event is only ever sent while the receiver can still act on it: one that is already older than
 `max_retry_s` before its first attempt (a webhook configured again after a long absence, the service
@@ -24,11 +27,14 @@ import hmac
 import json
 import logging
 import random
+import ssl
 import threading
 import time
+import typing
 from collections import Counter
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -59,14 +65,97 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 def verify(key: bytes, headers: dict[str, str], body: bytes, tolerance_s: float = 300.0) -> bool:
     """Receiver side, for docs and tools: signature matches and the timestamp is recent."""
     h = {k.lower(): v for k, v in headers.items()}
-    try:
-        msg_id, ts = h["webhook-id"], int(h["webhook-timestamp"])
-    except (KeyError, ValueError):
+    msg_id, ts_text, signatures = h.get("webhook-id"), h.get("webhook-timestamp"), h.get("webhook-signature")
+    # Anything but ASCII text is forged or broken (and compare_digest raises TypeError on non-ASCII str).
+    if not all(isinstance(v, str) and v.isascii() for v in (msg_id, ts_text, signatures)):
         return False
+    if not ts_text.isdigit():
+        return False
+    ts = int(ts_text)
     if abs(time.time() - ts) > tolerance_s:
         return False
-    expected = sign(key, msg_id, ts, body)
-    return any(hmac.compare_digest(expected, s) for s in h.get("webhook-signature", "").split())
+    expected = sign(key, msg_id, ts, body).encode()
+    return any(hmac.compare_digest(expected, s.encode()) for s in signatures.split())
+
+
+class _Deadline(threading.local):
+    """The end (time.monotonic()) of the attempt under way on this thread; None: no overall limit."""
+
+    at: float | None = None
+
+    def left(self, timeout: float | None, error: type[Exception]) -> float | None:
+        """The timeout for one socket operation: what is left of the attempt, at most `timeout`."""
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise error("webhook attempt ran past timeout_s")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake ends by the attempt's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadline.left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._deadline.left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(
+            ssl_context, server_hostname, self._deadline.left(timeout, httpcore.ConnectTimeout)), self._deadline)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with every connection bound to the attempt's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkBackend, deadline: _Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: typing.Iterable | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(
+            host, port, self._deadline.left(timeout, httpcore.ConnectTimeout), local_address, socket_options),
+            self._deadline)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: typing.Iterable | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(
+            path, self._deadline.left(timeout, httpcore.ConnectTimeout), socket_options), self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def bound_attempts(client: httpx.Client, deadline: _Deadline) -> int:
+    """Route the sockets of `client`'s own transports (direct and proxies) through `deadline`.
+
+    httpx (pinned 0.28) sets timeouts per socket operation only, so a slow answer could hold a
+    POST forever; httpcore pools take a network backend, which is where one deadline fits. This
+    reaches into httpx's `_transport`/`_mounts` and the pools' `_network_backend`, so it returns
+    how many pools it bound: 0 with a default transport means an httpx upgrade moved them (a test
+    catches that). Custom transports (tests' MockTransport) are left as they are."""
+    bound = 0
+    for transport in (getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()):
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.NetworkBackend) and not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend, deadline)
+            bound += 1
+    return bound
 
 
 class WebhookEndpoint(BaseModel):
@@ -115,7 +204,8 @@ class WebhookSettings(BaseModel):
     endpoints: list[WebhookEndpoint] = Field(
         default_factory=list, description='Receivers, e.g. FALLDET_WEBHOOKS__ENDPOINTS=\'[{"url": '
                                           '"https://example.org/hook", "secret": "whsec_..."}]\'.')
-    timeout_s: float = Field(5.0, gt=0, description="Seconds one POST may take (connect + response).")
+    timeout_s: float = Field(5.0, gt=0, description="Seconds one POST may take in all (connect, send, the "
+                                                    "whole response); a slower attempt fails and is retried.")
     max_retry_s: float = Field(3600.0, gt=0, description="Retry an event for at most this long after it "
                                                         "was stored, then give it up (bounded retries); an "
                                                         "event older than this before its first try is "
@@ -161,6 +251,7 @@ class WebhookSender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: httpx.Client | None = None
+        self._deadline = _Deadline()
         self._rng = random.Random()
         self.disabled = False
         self.counts: Counter[str] = Counter()  # attempts, delivered, failed, given_up
@@ -175,6 +266,9 @@ class WebhookSender:
         # Made here, not in the thread: building its TLS context takes tens of ms, not on the first alert.
         self._client = httpx.Client(timeout=self.settings.timeout_s, transport=self._transport,
                                     headers={"user-agent": "falldet-webhooks/1"})
+        if not bound_attempts(self._client, self._deadline) and self._transport is None:
+            log.warning("webhook %s: cannot bound a whole attempt to timeout_s with this httpx; only each "
+                        "connect/read/write is", self.endpoint.label)
         self._thread = threading.Thread(target=self._run, name=f"webhook-{self.endpoint.label}", daemon=True)
         self._thread.start()
 
@@ -254,12 +348,15 @@ class WebhookSender:
                    "webhook-timestamp": str(ts), "webhook-signature": sign(self._key, item.id, ts, body)}
         status, error, wait_hint = None, None, None
         self.counts["attempts"] += 1
+        self._deadline.at = time.monotonic() + self.settings.timeout_s  # the whole attempt, answer included
         try:
             response = client.post(self.endpoint.url, content=body, headers=headers)
             status = response.status_code
             wait_hint = retry_after_s(response.headers.get("retry-after"), time.time())
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            self._deadline.at = None
         self.last_status = status
         if status is not None and 200 <= status < 300:
             self.store.record(self.channel, item.seq, "delivered", status=status)
