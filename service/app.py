@@ -71,6 +71,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
             yield
         finally:
             await asyncio.to_thread(streams.stop)  # publishes the cameras' last events first
+            await asyncio.to_thread(bus.close)  # a last try to store events the store refused; logs any lost
             await asyncio.to_thread(delivery.stop)
             await asyncio.to_thread(worker.stop)
             if collector is not None:
