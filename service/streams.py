@@ -4,7 +4,9 @@ Per camera: an `RtspReader` thread -> `worker.submit(frame, live=True)` (latest 
 the future's done-callback `pipeline.step(...)` -> `bus.publish_frame(result)` and
 `bus.publish_event(e)` per event. The callback runs on the worker's completion thread (or, if the
 future is already done, on the reader thread), so steps of one camera are serialised by a lock and
-a frame older than the last one stepped is skipped (counted as dropped).
+a frame older than the last one stepped is skipped (counted as dropped). A per-camera publish lock
+is held from the step until its events are published, and by close() around finish(), so a camera's
+final events (a `fall_cleared` on removal) are always stored after the alert they clear.
 
 The list of cameras lives in `settings.streams_file` (JSON list of `{"id", "url"}`), restored at
 start and rewritten on add/remove, so a restarted service resumes its cameras. With Kubernetes
@@ -137,6 +139,10 @@ class Stream:
         self._manager = manager
         self.pipeline: Pipeline = manager.pipeline_factory(stream_id)
         self.lock = threading.Lock()  # serialises pipeline.step / finish / timeline
+        # held from before a step until its events are published, and by close() around finish():
+        # a final event (fall_cleared, source_ended) can never be stored before the alert it clears.
+        # Order: _publish_lock, then lock. Per camera: it makes no camera wait for another one.
+        self._publish_lock = threading.Lock()
         self.closed = False
         self.frames_processed = 0
         self.skipped = 0  # results dropped here: out of order, failed inference or submit refused
@@ -172,24 +178,25 @@ class Stream:
             return
         persons = future.result()
         try:
-            with self.lock:
-                if self.closed:
-                    return
-                if frame.index <= self._last_index:  # overtaken by a newer frame's result
-                    self._skip("result out of order")
-                    return
-                self._last_index = frame.index
-                latency_ms = (time.time() - frame.captured_at) * 1000.0
-                result, events = self.pipeline.step(frame, persons, latency_ms, self.dropped)
-                self.frames_processed += 1
-                self._last_frame = frame  # a reference only: encoded if and when someone looks
-            self._meter.tick()
-            FRAMES_PROCESSED.labels(self.id).inc()
-            LATENCY.observe(latency_ms / 1000.0)
-            bus = self._manager.bus
-            bus.publish_frame(result)
-            for event in events:
-                bus.publish_event(event)
+            with self._publish_lock:  # until the events are out: close() waits (nothing here calls close())
+                with self.lock:
+                    if self.closed:
+                        return
+                    if frame.index <= self._last_index:  # overtaken by a newer frame's result
+                        self._skip("result out of order")
+                        return
+                    self._last_index = frame.index
+                    latency_ms = (time.time() - frame.captured_at) * 1000.0
+                    result, events = self.pipeline.step(frame, persons, latency_ms, self.dropped)
+                    self.frames_processed += 1
+                    self._last_frame = frame  # a reference only: encoded if and when someone looks
+                self._meter.tick()
+                FRAMES_PROCESSED.labels(self.id).inc()
+                LATENCY.observe(latency_ms / 1000.0)
+                bus = self._manager.bus
+                bus.publish_frame(result)
+                for event in events:
+                    bus.publish_event(event)
         except Exception:  # tracking, store or a subscriber failed: log it, keep the camera going
             self.errors += 1
             log.exception("camera %s: processing frame %d failed", self.id, frame.index)
@@ -238,11 +245,14 @@ class Stream:
                 "reconnects": reader["reconnects"], "retry_in_s": reader["retry_in_s"]}
 
     def close(self, timeout: float = 1.0) -> list:
-        """Stop reading (waiting up to `timeout` s for the reader's threads), then end the pipeline;
-        returns its final events (not yet published)."""
+        """Stop reading (waiting up to `timeout` s for the reader's threads), wait for a result still
+        being published, then end the pipeline; returns its final events (not yet published: the
+        caller publishes them after this returns, so they come after every other event of the camera)."""
         self.reader.stop(timeout)
         forget = getattr(self._manager.worker, "forget", None)
-        with self.lock:
+        # publish lock first: a result being stepped or published is fully out before finish() makes
+        # the final events (no deadlock: a publish never calls close(), and the reader never waits on it)
+        with self._publish_lock, self.lock:
             self.closed = True
             try:
                 events = self.pipeline.finish()
