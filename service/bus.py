@@ -8,15 +8,16 @@ message when full, so a slow or stuck client never slows the pipeline or another
 `close_source` ends a removed camera's subscriptions: each client gets what was already in its
 mailbox (the camera's final events), then its handler closes the socket with the given code.
 
-Durable before announced, also when the store fails: an event whose `store.add` raises (disk full,
-I/O error) is kept in a bounded in-memory backlog, in order, and retried by a thread with backoff
-(`RETRY_FIRST_S` doubling to `RETRY_MAX_S`). While the backlog is not empty every new event queues
-behind it (the store, and so delivery, keep the publishing order); an event is announced on
-WebSockets and delivery is woken only once it is stored. `/readyz` answers 503 while the backlog is
-not empty. The backlog holds at most `RETRY_QUEUE_MAX` events; when it is full the oldest queued
-`still_down` (a periodic reminder) makes room, and if there is none the new event is dropped: the
-oldest events (the alerts operators have not seen anywhere yet) are kept. A drop is counted
-(`falldet_bus_events_dropped_total`) and logged at ERROR with the event's JSON, never silent. The
+Shown at once, delivered once durable, also when the store fails: an event whose `store.add`
+raises (disk full, I/O error) is still shown on WebSockets right away (an operator watching must
+not miss a fall because a disk is full), then kept in a bounded in-memory backlog, in order, and
+retried by a thread with backoff (`RETRY_FIRST_S` doubling to `RETRY_MAX_S`). While the backlog is
+not empty every new event queues behind it (the store, and so delivery, keep the publishing order);
+MQTT and webhooks, which only send what the store holds, are woken once it is stored; REST lists it
+from then on. `/readyz` answers 503 while the backlog is not empty. The backlog holds at most
+`RETRY_QUEUE_MAX` events; when it is full the oldest queued `still_down` (a periodic reminder)
+makes room, and if there is none the new event is dropped: the oldest events are kept. A drop is
+counted (`falldet_bus_events_dropped_total`) and logged at ERROR with the event's JSON. The
 backlog is memory only: a process that stops with a backlog loses it (logged by `close`).
 """
 from __future__ import annotations
@@ -202,24 +203,29 @@ class EventBus:
     def publish_event(self, event: Any) -> dict:
         """Store the event (commit), announce it on WebSockets, wake delivery; returns the alert JSON.
 
-        If the store fails (or earlier events still wait for it) the event joins the backlog and
-        is announced and delivered only once the retry thread has stored it; the event's own JSON
-        is returned then.
+        If the store fails (or earlier events still wait for it) the event is shown on WebSockets
+        at once (the event's own JSON, which is returned) and joins the backlog; delivery is woken
+        once the retry thread has stored it.
         """
         if self.store is None:
             message = event.to_json()
             self._fan_out([event.source, None], message)
             return message
         with self._write_lock:
+            stored = False
             if self._backlog:  # behind the events already waiting: keep the order
                 self._enqueue(event)
-                return event.to_json()
-            try:
-                message = self.store.add(event)
-            except Exception as exc:
-                self._store_failed(event, exc)
-                self._enqueue(event)
-                return event.to_json()
+            else:
+                try:
+                    message = self.store.add(event)
+                    stored = True
+                except Exception as exc:
+                    self._store_failed(event, exc)
+                    self._enqueue(event)
+        if not stored:  # shown now, delivered once the retry thread has stored it
+            message = event.to_json()
+            self._fan_out([event.source, None], message)
+            return message
         self._announce(event, message)
         return message
 
@@ -235,8 +241,9 @@ class EventBus:
                 "dropped": self.dropped}
 
     def retry_pending(self) -> bool:
-        """Try to store the backlog, oldest first, stopping at the first failure; each stored event
-        is announced and delivery woken. Returns True when the backlog is empty. Any thread."""
+        """Try to store the backlog, oldest first, stopping at the first failure; delivery is woken
+        for each stored event (WebSockets showed it when it was published). Returns True when the
+        backlog is empty. Any thread."""
         while True:
             with self._write_lock:
                 if not self._backlog:
@@ -253,7 +260,7 @@ class EventBus:
                 if not self._backlog:
                     self._backlog_since = None
                     log.warning("alert store recovered: backlog written")
-            self._announce(event, message)
+            self._notify_delivery()
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop the retry thread after one last attempt; logs what a backlog loses. Idempotent."""
@@ -285,10 +292,10 @@ class EventBus:
             if victim is not None:
                 self._backlog.remove(victim)
             else:
-                victim = event  # keep the oldest: they are the alerts nobody has seen yet
+                victim = event  # keep the oldest: the first events of the outage
             self.dropped += 1
             EVENTS_DROPPED.labels(getattr(victim, "type", "?")).inc()
-            log.error("alert store backlog full (%d): event dropped, never stored or announced: %s",
+            log.error("alert store backlog full (%d): event dropped, never stored nor delivered: %s",
                       self.retry_queue_max, _event_json(victim))
             if victim is event:
                 return
@@ -323,6 +330,9 @@ class EventBus:
     def _announce(self, event: Any, message: dict) -> None:
         """The event is stored: show it on WebSockets, then wake delivery."""
         self._fan_out([event.source, None], message)
+        self._notify_delivery()
+
+    def _notify_delivery(self) -> None:
         if self.delivery is not None:
             try:
                 self.delivery.notify()
