@@ -128,3 +128,23 @@ def test_other_codecs(tiny_client, auth, fall_clips, tmp_path):
     r = _post(tiny_client, clip.read_bytes(), auth)
     assert r.status_code == 200
     _check_stream(_lines(r), count_frames(clip))
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".avi", ".ts", ".mov"])
+def test_common_containers_are_analysed(tiny_client, auth, fall_clips, tmp_path, suffix):
+    clip = cut_clip(fall_clips[0].path, tmp_path / f"clip{suffix}", 8, codec="mpeg4")
+    r = _post(tiny_client, clip.read_bytes(), auth, clip.name)
+    assert r.status_code == 200, r.text
+    _check_stream(_lines(r), count_frames(clip))
+
+
+def test_a_list_of_local_files_is_refused_before_ffmpeg_opens_them(tiny_client, auth, fall_clips, tmp_path,
+                                                                   monkeypatch):
+    """FFmpeg's concat demuxer would read a file of the server's own disk named in an upload."""
+    monkeypatch.chdir(tmp_path)  # the server's working folder, where the named clip really is
+    (tmp_path / "secret.mp4").write_bytes(fall_clips[0].path.read_bytes())
+    for name, data in [("list.ffconcat", b"ffconcat version 1.0\nfile secret.mp4\n"),
+                       ("list.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nsecret.mp4\n#EXT-X-ENDLIST\n")]:
+        r = _post(tiny_client, data, auth, name)
+        assert r.status_code == 415 and "not a supported video container" in r.json()["detail"], r.text
+    assert tiny_client.get("/healthz").status_code == 200

@@ -52,11 +52,34 @@ class VideoInfo:
         return asdict(self)
 
 
+# Containers an upload may be. FFmpeg also probes text "containers" that name other files (an
+# ffconcat list, a playlist): uploaded, those would make the server read its own local files.
+# The magic bytes are checked before FFmpeg sees the upload, the demuxer's name after it opened.
+SUPPORTED_CONTAINERS = "MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF/WMV or Ogg"
+_DEMUXERS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "mpeg", "flv",
+             "asf", "ogg"}
+_MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"}
+
+
+def _container_magic_ok(head: bytes) -> bool:
+    """Whether the first bytes are those of a video container FFmpeg may open for an upload."""
+    return (head[4:8] in _MP4_BOXES
+            or head.startswith((b"\x1aE\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba",
+                                b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"))
+            or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)  # MPEG-TS packets
+            or (len(head) > 196 and head[4] == 0x47 and head[196] == 0x47))  # M2TS (timecoded)
+
+
 def _open(src: VideoInput) -> av.container.InputContainer:
-    if hasattr(src, "seek"):
+    upload = hasattr(src, "read")
+    if upload:
         src.seek(0)
+        head = src.read(512)
+        src.seek(0)
+        if not _container_magic_ok(head):
+            raise NotAVideoError(f"not a supported video container ({SUPPORTED_CONTAINERS} expected)")
     try:
-        container = av.open(src if hasattr(src, "read") else str(src), mode="r")
+        container = av.open(src if upload else str(src), mode="r")
     except FileNotFoundError:
         raise
     except (av.FFmpegError, ValueError, OSError) as exc:
@@ -64,6 +87,10 @@ def _open(src: VideoInput) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise NotAVideoError("the file has no video stream")
+    if upload and not set(container.format.name.split(",")) & _DEMUXERS:
+        name = container.format.name
+        container.close()
+        raise NotAVideoError(f"not a supported video container ({name}; {SUPPORTED_CONTAINERS} expected)")
     return container
 
 
