@@ -372,8 +372,8 @@ def test_benchmark_store_to_webhook_latency(receiver: Receiver, store: AlertStor
         delivery.stop()
 
 
-def test_sender_step_reads_only_what_is_due(store: AlertStore) -> None:
-    """Unit view of the head-of-line rule: a waiting head makes step() return the wait, sending nothing."""
+def failing_handler():
+    """(ids seen, an httpx MockTransport handler answering every POST with 500 after noting its id)."""
     import httpx
 
     calls: list[str] = []
@@ -381,6 +381,15 @@ def test_sender_step_reads_only_what_is_due(store: AlertStore) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request.headers["webhook-id"])
         return httpx.Response(500)
+
+    return calls, handler
+
+
+def test_sender_step_reads_only_what_is_due(store: AlertStore) -> None:
+    """Unit view of the head-of-line rule: a waiting head makes step() return the wait, sending nothing."""
+    import httpx
+
+    calls, handler = failing_handler()
 
     endpoint = WebhookEndpoint(url="http://hook.test/x", secret=SECRET)
     sender = WebhookSender(endpoint, hook_settings(backoff_initial_s=5, backoff_max_s=5), store,
@@ -435,11 +444,7 @@ def test_overdue_retry_after_a_long_stop_is_given_up_unsent(store: AlertStore) -
     """A retry that should have gone out long ago (the service was down) is not sent late."""
     import httpx
 
-    calls: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request.headers["webhook-id"])
-        return httpx.Response(500)
+    calls, handler = failing_handler()
 
     endpoint = WebhookEndpoint(url="http://hook.test/late", secret=SECRET)
     sender = WebhookSender(endpoint, hook_settings(max_retry_s=0.5, backoff_initial_s=5, backoff_max_s=5), store)
