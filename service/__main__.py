@@ -54,8 +54,9 @@ def analyze(args: argparse.Namespace) -> int:
     if not video.is_file():
         print(f"error: no such file: {video}", file=sys.stderr)
         return 2
+    settings = _settings(args.model)
     try:
-        info = probe_video(video)
+        info = probe_video(video, settings.max_image_pixels)  # same limit as uploads: no 8K surprise
     except CorruptVideoError as exc:
         print(f"error: {video}: {exc.reason}", file=sys.stderr)
         return 2
@@ -66,7 +67,6 @@ def analyze(args: argparse.Namespace) -> int:
     from service.runtime import runtime_from_settings
     from service.worker import InferenceWorker
 
-    settings = _settings(args.model)
     try:
         runtime = runtime_from_settings(settings)
     except FileNotFoundError as exc:
@@ -79,7 +79,8 @@ def analyze(args: argparse.Namespace) -> int:
     try:
         with tqdm(total=info.frames or None, unit="frame", file=sys.stderr, disable=args.quiet,
                   desc=video.name) as progress:
-            pipeline = SourcePipeline(source, settings.pipeline, live=False)
+            pipeline = SourcePipeline(source, settings.pipeline, live=False,
+                                      detection_threshold=runtime.score_threshold)
             for line in analyze_frames(iter_frames(video, source), worker, pipeline, video=info):
                 out.write(json.dumps(line, separators=(",", ":")) + "\n")
                 if line.get("type") == "frame":

@@ -54,7 +54,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
     bus = bus or EventBus(store, delivery)
     if streams is None:
         def pipeline_factory(source: str) -> SourcePipeline:
-            return SourcePipeline(source, settings.pipeline, live=True)
+            return SourcePipeline(source, settings.pipeline, live=True,
+                                  detection_threshold=getattr(runtime, "score_threshold", None))
 
         streams = StreamManager(settings, worker, bus, pipeline_factory)
 

@@ -119,7 +119,9 @@ def parse_ndjson(lines) -> Analysis:
 
 def replay(analysis: Analysis, settings: PipelineSettings, source: str = "replay") -> Analysis:
     """Run tracking, timeline and fall rules again on the frame lines' detections."""
-    pipeline = SourcePipeline(source, settings, live=False)
+    # the tracker's default thresholds follow the detector's, recorded in the summary by `analyze`
+    threshold = ((analysis.summary or {}).get("model") or {}).get("score_threshold")
+    pipeline = SourcePipeline(source, settings, live=False, detection_threshold=threshold)
     frames, events = [], []
     for fr in analysis.frames:
         persons = [Person(box=tuple(p["box"]), score=float(p["score"]), class_id=ACTIONS.index(p["action"]))

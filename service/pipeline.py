@@ -41,11 +41,11 @@ class PipelineSettings(BaseModel):
         "Least detections of the new action inside the window to start a segment (guards low fps)."))
     segment_keep_s: float = Field(300.0, gt=0, description=(
         "Live sources keep segments and falls that ended within this many seconds; uploads keep all."))
-    track_activation_score: float = Field(0.5, ge=0, le=1, description=(
-        "Least detection score that may start a new track."))
-    track_high_score: float = Field(0.5, ge=0, le=1, description=(
+    track_activation_score: float | None = Field(None, ge=0, le=1, description=(
+        "Least detection score that may start a new track; empty: the detector's score threshold."))
+    track_high_score: float | None = Field(None, ge=0, le=1, description=(
         "ByteTrack's split between confident detections (matched first) and weak ones (matched "
-        "only to tracks left over, to keep them alive)."))
+        "only to tracks left over, to keep them alive); empty: the detector's score threshold."))
     track_match_iou: float = Field(0.1, ge=0, le=1, description=(
         "Least IoU between a track's predicted box and a detection for them to match."))
     track_lost_s: float = Field(2.0, ge=0, description=(
@@ -89,13 +89,17 @@ class SourcePipeline:
     from another thread (the operator page), hence the lock.
     """
 
-    def __init__(self, source: str, settings: PipelineSettings, live: bool) -> None:
+    def __init__(self, source: str, settings: PipelineSettings, live: bool,
+                 detection_threshold: float | None = None) -> None:
+        """`detection_threshold`: the runtime's score threshold, the tracker's default (else 0.5)."""
         self.source = source
         self.settings = settings
         self.live = live
         s = settings
+        fallback = detection_threshold if detection_threshold is not None else 0.5
         self._tracker = PersonTracker(
-            activation_score=s.track_activation_score, high_score=s.track_high_score,
+            activation_score=fallback if s.track_activation_score is None else s.track_activation_score,
+            high_score=fallback if s.track_high_score is None else s.track_high_score,
             match_iou=s.track_match_iou, lost_s=s.track_lost_s, min_frames=s.track_min_frames,
             frame_rate=s.track_frame_rate, duplicate_iou=s.track_duplicate_iou,
             relink_overlap=s.track_relink_overlap)

@@ -27,6 +27,7 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 PAD = 114
+DEFAULT_SCORE_THRESHOLD = 0.25  # for models exported without an operating point
 DEFAULT_CHUNK = 32  # largest batch sent in one run when the model's batch axis is dynamic
 
 Provider = str | tuple[str, dict]
@@ -76,6 +77,15 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int
     return canvas, r, left, top
 
 
+def _operating_point(meta: dict[str, str]) -> float | None:
+    """The score threshold chosen on the val split at export (training/calibrate.py), if any."""
+    try:
+        value = json.loads(meta["operating_point"])["score_threshold"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and 0 < value <= 1 else None
+
+
 class ModelContractError(ValueError):
     """The ONNX file does not follow DESIGN.md's model contract."""
 
@@ -84,7 +94,7 @@ class Runtime:
     """Owns one `onnxruntime.InferenceSession`; thread-compatible (the worker calls it from one thread)."""
 
     def __init__(self, model_path: Path, providers: Sequence[Provider] | None = None,
-                 score_threshold: float = 0.25, iou_threshold: float = 0.7) -> None:
+                 score_threshold: float | None = None, iou_threshold: float = 0.7) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"model not found: {model_path} (set FALLDET_MODEL or --model)")
@@ -94,13 +104,20 @@ class Runtime:
         self.session = ort.InferenceSession(str(model_path), options, providers=requested)
         self.model_path = model_path
         self.providers: list[str] = self.session.get_providers()
-        self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.operating_point: float | None = _operating_point(self.metadata)
+        if score_threshold is not None:
+            self.score_threshold, self.score_threshold_source = float(score_threshold), "settings"
+        elif self.operating_point is not None:
+            self.score_threshold, self.score_threshold_source = self.operating_point, "model operating point"
+        else:
+            self.score_threshold, self.score_threshold_source = DEFAULT_SCORE_THRESHOLD, "default"
         self._read_contract()
         wanted = [p if isinstance(p, str) else p[0] for p in requested]
-        log.info("model %s on %s (asked for %s), imgsz %d, classes %s", model_path.name,
-                 self.providers, wanted, self.imgsz, self.names)
+        log.info("model %s on %s (asked for %s), imgsz %d, classes %s, score threshold %.4g (%s)",
+                 model_path.name, self.providers, wanted, self.imgsz, self.names, self.score_threshold,
+                 self.score_threshold_source)
         if wanted and wanted[0] != self.providers[0]:
             log.warning("provider %s is not in use; running on %s", wanted[0], self.providers[0])
 

@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     max_streams: int = Field(16, ge=0, description="most cameras registered at once")
     max_batch: int = Field(8, ge=1, description="most frames in one inference call")
     max_wait_ms: float = Field(4.0, ge=0, description="longest the worker waits to fill a batch")
-    score_threshold: float = Field(0.25, ge=0, le=1, description="minimum detection score")
+    score_threshold: float | None = Field(None, ge=0, le=1, description=(
+        "minimum detection score; empty: the model's operating point (metadata `operating_point`, "
+        "chosen on the val split at export), else 0.25"))
     iou_threshold: float = Field(0.7, ge=0, le=1, description="NMS IoU threshold (when the model "
                                                                "takes it as an input)")
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings,

@@ -122,7 +122,7 @@ TINY_ROWS = [  # x1 y1 x2 y2 score class, in pixels of the 64 x 64 letterboxed i
 
 
 def make_tiny_model(path: Path, rows: list[list[float]] = TINY_ROWS, imgsz: int = 64, k: int = 8,
-                    fixed_batch: int | None = None) -> Path:
+                    fixed_batch: int | None = None, metadata: dict[str, str] | None = None) -> Path:
     """An ONNX file with the contract's input, output and metadata that returns `rows` for every
     image (zero-padded to K): enough to test batching, box mapping and the API without the detector."""
     onnx = pytest.importorskip("onnx")
@@ -145,7 +145,8 @@ def make_tiny_model(path: Path, rows: list[list[float]] = TINY_ROWS, imgsz: int 
                      numpy_helper.from_array(np.array([1], np.int64), "one")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key, value in {"names": '["fall", "sit", "stand"]', "imgsz": str(imgsz), "stride": "32"}.items():
+    for key, value in ({"names": '["fall", "sit", "stand"]', "imgsz": str(imgsz), "stride": "32"}
+                       | (metadata or {})).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)

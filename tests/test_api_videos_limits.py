@@ -43,15 +43,26 @@ def test_settings_defaults_and_env(monkeypatch):
         Settings()
 
 
+def _metric(client, auth, name: str) -> float:
+    """One unlabelled sample from /metrics."""
+    for line in client.get("/metrics", headers=auth).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def test_a_second_concurrent_upload_is_429_until_the_first_ends(make_client, tiny_model, auth, fall_clips):
     client = _client(make_client, tiny_model, max_concurrent_videos=1, max_upload_mb=1.6)
     data = fall_clips[0].path.read_bytes()  # 1.39 MB
+    refused_before = _metric(client, auth, "falldet_video_analyses_refused_total")
     with client.stream("POST", "/v1/videos", files=_files(data), headers=auth) as first:
         assert first.status_code == 200
         lines = first.iter_lines()
         assert json.loads(next(lines))["type"] == "frame"
+        assert _metric(client, auth, "falldet_video_analyses_running") == 1
         refused = client.post("/v1/videos", files=_files(data), headers=auth)
         assert refused.status_code == 429, refused.text
+        assert _metric(client, auth, "falldet_video_analyses_refused_total") == refused_before + 1
         assert refused.headers["retry-after"] == "10"
         detail = refused.json()["detail"]
         assert "max_concurrent_videos=1" in detail and "FALLDET_MAX_CONCURRENT_VIDEOS" in detail
@@ -63,6 +74,7 @@ def test_a_second_concurrent_upload_is_429_until_the_first_ends(make_client, tin
         rest = [json.loads(line) for line in lines if line]
     assert rest[-1]["type"] == "summary" and rest[-1]["frames"] == 128
     assert client.app.state.video_slots.running == 0  # freed before the end of the stream
+    assert _metric(client, auth, "falldet_video_analyses_running") == 0
     # refused and failed uploads give their slot back
     assert client.post("/v1/videos", files=_files(b"not a video" * 50), headers=auth).status_code == 415
     assert client.post("/v1/videos", files=_files(data[:2000]), headers=auth).status_code in (400, 415)

@@ -38,6 +38,7 @@ def test_analyze_prints_one_line_per_frame_and_a_summary(tiny_model, fall_clips,
     assert [e["type"] for e in events] == ["fall_alert", "fall_cleared"]  # the tiny model's steady "fall" box
     assert all(len(e["id"]) == 32 for e in events)
     assert "frame/s" in done.stderr  # tqdm progress on stderr, never on stdout
+    assert lines[-1]["model"] == {"file": "tiny.onnx", "score_threshold": 0.25}  # no operating point: the default
 
 
 def test_analyze_refuses_a_corrupt_file_with_a_message(tiny_model, tmp_path):
@@ -48,6 +49,13 @@ def test_analyze_refuses_a_corrupt_file_with_a_message(tiny_model, tmp_path):
     assert "not a readable video container" in done.stderr and "Traceback" not in done.stderr
     missing = run_cli("analyze", str(tmp_path / "nope.mp4"), "--model", str(tiny_model))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_analyze_applies_the_frame_size_limit(tiny_model, short_clip, tmp_path):
+    done = run_cli("analyze", str(short_clip), "--model", str(tiny_model),
+                   env={"FALLDET_STATE_DIR": str(tmp_path), "FALLDET_MAX_IMAGE_PIXELS": "1000"})
+    assert done.returncode == 2 and done.stdout == ""
+    assert "FALLDET_MAX_IMAGE_PIXELS" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_analyze_with_the_shipped_model(model_path, short_clip, tmp_path):

@@ -21,7 +21,8 @@ def run_clip(runtime, clip, settings: Settings) -> dict:
     worker.start()
     try:
         start = time.perf_counter()
-        pipeline = SourcePipeline(clip.name, settings.pipeline, live=False)
+        pipeline = SourcePipeline(clip.name, settings.pipeline, live=False,
+                                  detection_threshold=runtime.score_threshold)
         lines = list(analyze(iter_frames(clip.path, clip.name), worker, pipeline, video=probe_video(clip.path)))
         elapsed = time.perf_counter() - start
     finally:

@@ -155,3 +155,33 @@ def test_settings_are_described_strict_and_validated():
     with pytest.raises(pydantic.ValidationError):
         PipelineSettings(smooth_switch_ratio=0.3)
     assert PipelineSettings.model_validate({"confirm_s": "1.5"}).confirm_s == 1.5  # env strings
+
+
+class WeakFeed(Feed):
+    """A person the detector sees at score 0.1 only (a from-scratch model's usual confidence)."""
+
+    def run(self, seconds: float, action: str | None, extra: list[Person] | None = None) -> list:
+        out = []
+        for _ in range(round(seconds * FPS)):
+            persons = [Person(DOWN if action == "fall" else STAND, 0.1, ("fall", "sit", "stand").index(action))]
+            frame = Frame("cam", self.i, self.i / FPS, 5000.0 + self.i / FPS, self.image)
+            result, events = self.pipeline.step(frame, persons, 12.5, 0)
+            self.results.append(result)
+            out += events
+            self.i += 1
+        self.events += out
+        return out
+
+
+@pytest.mark.parametrize("detection_threshold, settings, tracked", [
+    (0.05, PipelineSettings(), True),  # tracker thresholds follow the detector's operating point
+    (None, PipelineSettings(), False),  # no detector threshold known: 0.5, the weak person is ignored
+    (0.05, PipelineSettings(track_activation_score=0.5, track_high_score=0.5), False),  # set: kept
+])
+def test_tracker_thresholds_follow_the_detection_threshold_unless_set(detection_threshold, settings, tracked):
+    feed = WeakFeed(SourcePipeline("cam", settings, live=False, detection_threshold=detection_threshold), image=False)
+    feed.run(2.0, "stand")
+    feed.run(3.0, "fall")
+    ids = {p.track_id for r in feed.results for p in r.persons}
+    assert (ids != {None}) is tracked, ids
+    assert (kinds(feed.events) == ["fall_alert"]) is tracked, kinds(feed.events)

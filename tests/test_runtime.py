@@ -68,6 +68,22 @@ def test_score_threshold_applies(tiny_model):
     assert sorted(p.score for p in low.detect([np.zeros((64, 64, 3), np.uint8)])[0]) == pytest.approx([0.1, 0.6, 0.9])
 
 
+@pytest.mark.parametrize("operating_point, settings_value, expected_scores, source", [
+    ('{"score_threshold": 0.05}', None, [0.1, 0.6, 0.9], "model operating point"),
+    ('{"score_threshold": 0.05}', 0.5, [0.6, 0.9], "settings"),
+    (None, None, [0.6, 0.9], "default"),
+    ('{"score_threshold": 0}', None, [0.6, 0.9], "default"),  # not a usable threshold
+    ('not json', None, [0.6, 0.9], "default"),
+])
+def test_score_threshold_follows_the_models_operating_point_unless_set(tmp_path, operating_point, settings_value,
+                                                                       expected_scores, source):
+    meta = {"operating_point": operating_point} if operating_point is not None else None
+    model = make_tiny_model(tmp_path / "m.onnx", metadata=meta)
+    runtime = Runtime(model, ["CPUExecutionProvider"], score_threshold=settings_value)
+    assert runtime.score_threshold_source == source
+    assert sorted(p.score for p in runtime.detect([np.zeros((64, 64, 3), np.uint8)])[0]) == pytest.approx(expected_scores)
+
+
 def test_metadata_and_providers(tiny_model):
     runtime = Runtime(tiny_model)
     assert runtime.names == ["fall", "sit", "stand"]

@@ -68,13 +68,17 @@ def test_onnx_export_matches_pytorch_on_real_images(learned, tmp_path) -> None:
     import onnx
     from training.export import export_onnx
     trainer, _, _ = learned
-    path = export_onnx(trainer.out / "best.pt", tmp_path / "m.onnx")
+    path = export_onnx(trainer.out / "best.pt", tmp_path / "m.onnx", calibrate_data=DATA_YAML)
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
     assert any(n.op_type == "NonMaxSuppression" for n in model.graph.node)
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["names"]) == ["fall", "sit", "stand"] and meta["imgsz"] == "128" and meta["stride"] == "32"
+    op = json.loads(meta["operating_point"])  # chosen on the whole val split (training/calibrate.py)
+    assert op["split"] == "fall-action/val" and op["images"] > 400 and set(op["per_class"]) == {"fall", "sit", "stand"}
+    assert op["score_threshold"] == op["person"]["score_threshold"]
+    assert op["score_threshold"] is None or 0 < op["score_threshold"] <= 1
 
     torch_model, _ = load_checkpoint_model(trainer.out / "best.pt")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

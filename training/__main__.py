@@ -78,7 +78,8 @@ def cmd_val(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from training.export import export_onnx
     path = export_onnx(a.weights, a.out, imgsz=a.imgsz, max_det=a.max_det, score_threshold=a.score_threshold,
-                       iou_threshold=a.iou_threshold, metrics_json=a.metrics)
+                       iou_threshold=a.iou_threshold, metrics_json=a.metrics,
+                       calibrate_data=None if a.no_calibrate else a.data)
     print(json.dumps({"out": str(path), "bytes": path.stat().st_size}))
     return 0
 
@@ -124,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--score-threshold", type=float, default=0.001, help="graph default; callers may feed their own")
     e.add_argument("--iou-threshold", type=float, default=0.7)
     e.add_argument("--metrics", default=None, help="JSON of measured metrics to embed in the metadata")
+    e.add_argument("--data", default=DEFAULT_DATA, help="data.yaml whose val split sets the operating point "
+                                                        "(metadata `operating_point`, the service's default "
+                                                        "score threshold)")
+    e.add_argument("--no-calibrate", action="store_true", help="no operating point (the service then uses 0.25)")
     i = sub.add_parser("info", help="params and GFLOPs of a preset")
     i.add_argument("--preset", default="baseline")
     i.add_argument("--scale", default="n", choices=["n", "s"])

@@ -64,10 +64,13 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: int = 300, score_threshold: float = 0.001,
-                iou_threshold: float = 0.7, metrics_json: str | None = None, opset: int = 17) -> Path:
+                iou_threshold: float = 0.7, metrics_json: str | None = None, opset: int = 17,
+                calibrate_data: str | Path | None = None) -> Path:
+    """Write the ONNX file; with `calibrate_data` (a data.yaml) also its operating point on that val split."""
     model, ck = load_checkpoint_model(weights, "cpu")
     tc = ck["train_config"]
     imgsz = imgsz or tc["imgsz"]
+    op = _operating_point(model, calibrate_data, ck["names"], imgsz, iou_threshold) if calibrate_data else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportWrapper(model.float().eval(), max_det).eval()
@@ -98,6 +101,8 @@ def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: i
             "description": ("YOLO11 fall/sit/stand detector (SPDConv / Detect_LQE / Inner-CIoU switches in "
                             "model_config). Input letterboxed RGB [0,1], pad 114. Output rows x1,y1,x2,y2,score,class "
                             "in input pixels; score is quality-reweighted; class-aware NMS in the graph.")}
+    if op is not None:
+        meta["operating_point"] = json.dumps(op)
     for k, v in meta.items():
         entry = m.metadata_props.add()
         entry.key, entry.value = k, v
@@ -105,3 +110,17 @@ def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: i
     onnx.checker.check_model(m)
     onnx.save(m, str(out))
     return out
+
+
+def _operating_point(model: nn.Module, data_yaml: str | Path, names: list[str], imgsz: int, iou: float) -> dict:
+    """The F1 score threshold on the val split of `data_yaml` (training/calibrate.py says why)."""
+    from training.calibrate import operating_point
+    from training.data.dataset import DetectionDataset, load_data_yaml
+    from training.evaluate import predict_dataset
+
+    spec = load_data_yaml(data_yaml)
+    if spec.names != list(names):
+        raise ValueError(f"{data_yaml} names {spec.names} differ from the checkpoint's {names}")
+    ds = DetectionDataset(spec.val, spec.names, imgsz, None)
+    dets = predict_dataset(model.float().eval(), ds, iou=iou)
+    return {**operating_point(ds, dets), "split": f"{spec.val.parent.name}/{spec.val.name}"}

@@ -48,5 +48,7 @@ async def readyz(conn: HTTPConnection) -> JSONResponse:
             "store_backlog": backlog["pending"], "events_dropped": backlog["dropped"],
             "providers": list(getattr(runtime, "providers", [])),
             "model": getattr(getattr(runtime, "model_path", None), "name", None),
-            "imgsz": getattr(runtime, "imgsz", None), "classes": list(getattr(runtime, "names", []))}
+            "imgsz": getattr(runtime, "imgsz", None), "classes": list(getattr(runtime, "names", [])),
+            "score_threshold": getattr(runtime, "score_threshold", None),
+            "score_threshold_source": getattr(runtime, "score_threshold_source", None)}
     return JSONResponse(body, status_code=200 if body["ready"] else 503)

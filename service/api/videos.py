@@ -29,6 +29,7 @@ from typing import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
+from prometheus_client import Counter, Gauge
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -48,6 +49,10 @@ RETRY_AFTER_S = 10  # Retry-After of a 429: analyses take seconds to minutes, no
 
 VIDEO_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
+
+
+VIDEOS_RUNNING = Gauge("falldet_video_analyses_running", "POST /v1/videos analyses holding a slot now")
+VIDEOS_REFUSED = Counter("falldet_video_analyses_refused", "POST /v1/videos answered 429: every slot was taken")
 
 
 class _Stopped(Exception):
@@ -71,11 +76,15 @@ class VideoSlots:
             if self._running >= self.limit:
                 return False
             self._running += 1
-            return True
+        VIDEOS_RUNNING.inc()
+        return True
 
     def release(self) -> None:
         with self._lock:
-            self._running = max(0, self._running - 1)
+            if self._running == 0:
+                return
+            self._running -= 1
+        VIDEOS_RUNNING.dec()
 
     @property
     def running(self) -> int:
@@ -106,6 +115,7 @@ async def analyze_video(request: Request, settings: SettingsDep, worker: WorkerD
     body = limited_request(request, settings.max_upload_bytes)  # 413 from Content-Length: final, before 429
     slots = video_slots(request, settings)
     if not slots.try_acquire():  # before the body is read: a refused upload costs no spooling
+        VIDEOS_REFUSED.inc()
         log.info("video upload refused: %d analyses running (max_concurrent_videos)", slots.limit)
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(RETRY_AFTER_S)},
                             detail=f"too many video analyses running (max_concurrent_videos={slots.limit}, "
@@ -176,7 +186,8 @@ def _produce(upload: UploadFile, info: VideoInfo, source: str, settings: Setting
 
     messages = None
     try:
-        pipeline = SourcePipeline(source, settings.pipeline, live=False)
+        pipeline = SourcePipeline(source, settings.pipeline, live=False,
+                                  detection_threshold=getattr(getattr(worker, "runtime", None), "score_threshold", None))
         frames = iter_frames(upload.file, source, stop=stop.is_set)
         messages = analyze(frames, worker, pipeline, video=info)
         for message in messages:

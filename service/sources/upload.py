@@ -199,6 +199,9 @@ def analyze(frames: Iterable[Frame], worker: InferenceWorker, pipeline: StepPipe
     summary.setdefault("type", "summary")
     summary.setdefault("frames", count)
     summary.setdefault("elapsed_s", round(time.perf_counter() - started, 3))
+    threshold = getattr(getattr(worker, "runtime", None), "score_threshold", None)
+    if threshold is not None:  # which model and threshold produced these results (replays use it)
+        summary.setdefault("model", {"file": worker.runtime.model_path.name, "score_threshold": threshold})
     if video is not None:
         summary.setdefault("video", video.to_json())
     if error is not None:
