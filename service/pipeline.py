@@ -97,9 +97,12 @@ class SourcePipeline:
         self.live = live
         s = settings
         fallback = detection_threshold if detection_threshold is not None else 0.5
+        self._track_scores = {  # what the tracker really uses (the summary reports these, not None)
+            "track_activation_score": fallback if s.track_activation_score is None else s.track_activation_score,
+            "track_high_score": fallback if s.track_high_score is None else s.track_high_score}
         self._tracker = PersonTracker(
-            activation_score=fallback if s.track_activation_score is None else s.track_activation_score,
-            high_score=fallback if s.track_high_score is None else s.track_high_score,
+            activation_score=self._track_scores["track_activation_score"],
+            high_score=self._track_scores["track_high_score"],
             match_iou=s.track_match_iou, lost_s=s.track_lost_s, min_frames=s.track_min_frames,
             frame_rate=s.track_frame_rate, duplicate_iou=s.track_duplicate_iou,
             relink_overlap=s.track_relink_overlap)
@@ -200,7 +203,7 @@ class SourcePipeline:
                     "falls": [f for fs in falls.values() for f in fs],
                     "events": {t: self._event_counts[t]
                                for t in ("fall_alert", "still_down", "fall_cleared")},
-                    "pipeline": self.settings.model_dump()}
+                    "pipeline": self.settings.model_dump() | self._track_scores}
 
     def timeline(self) -> dict:
         """Recent segments per track for the operator page (live: the last `segment_keep_s`).

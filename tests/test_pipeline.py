@@ -185,3 +185,9 @@ def test_tracker_thresholds_follow_the_detection_threshold_unless_set(detection_
     ids = {p.track_id for r in feed.results for p in r.persons}
     assert (ids != {None}) is tracked, ids
     assert (kinds(feed.events) == ["fall_alert"]) is tracked, kinds(feed.events)
+
+
+def test_the_summary_reports_the_tracker_thresholds_in_use():
+    pipeline = SourcePipeline("cam", PipelineSettings(track_high_score=0.4), live=False, detection_threshold=0.07)
+    used = pipeline.summary()["pipeline"]
+    assert (used["track_activation_score"], used["track_high_score"]) == (0.07, 0.4)

@@ -76,7 +76,7 @@ def test_onnx_export_matches_pytorch_on_real_images(learned, tmp_path) -> None:
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["names"]) == ["fall", "sit", "stand"] and meta["imgsz"] == "128" and meta["stride"] == "32"
     op = json.loads(meta["operating_point"])  # chosen on the whole val split (training/calibrate.py)
-    assert op["split"] == "fall-action/val" and op["images"] > 400 and set(op["per_class"]) == {"fall", "sit", "stand"}
+    assert op["split"] == "fall-action/val/images" and op["images"] > 400 and set(op["per_class"]) == {"fall", "sit", "stand"}
     assert op["score_threshold"] == op["person"]["score_threshold"]
     assert op["score_threshold"] is None or 0 < op["score_threshold"] <= 1
 

@@ -123,4 +123,7 @@ def _operating_point(model: nn.Module, data_yaml: str | Path, names: list[str], 
         raise ValueError(f"{data_yaml} names {spec.names} differ from the checkpoint's {names}")
     ds = DetectionDataset(spec.val, spec.names, imgsz, None)
     dets = predict_dataset(model.float().eval(), ds, iou=iou)
-    return {**operating_point(ds, dets), "split": f"{spec.val.parent.name}/{spec.val.name}"}
+    root = Path(data_yaml).resolve().parent  # named from the data folder down, no local path in the file
+    split = spec.val.resolve()
+    name = f"{root.name}/{split.relative_to(root)}" if split.is_relative_to(root) else split.name
+    return {**operating_point(ds, dets), "split": name}
