@@ -68,7 +68,7 @@ def test_a_fall_alert_in_each_fall_clip_after_the_fall_starts(results, capable_m
 
 
 @pytest.mark.slow
-def test_no_fall_alert_in_daily_activity_clips(results):
+def test_no_fall_alert_in_daily_activity_clips(results, capable_model_path):
     adl = [r for r in results if r["clip"].label == "ADL"]
     assert len(adl) == 2
     for r in adl:
