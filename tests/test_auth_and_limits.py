@@ -35,6 +35,8 @@ def test_probes_need_no_key(tiny_client):
     ready = tiny_client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert "CPUExecutionProvider" in ready.json()["providers"]
+    # the tiny model has no operating point and the test settings set no threshold
+    assert (ready.json()["score_threshold"], ready.json()["score_threshold_source"]) == (0.25, "default")
 
 
 def test_metrics_are_prometheus_text_without_a_redirect(tiny_client, auth):
