@@ -178,6 +178,17 @@ def runtime(model_path: Path):
     return Runtime(model_path)
 
 
+def metric_sum(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples in Prometheus text whose labels include `labels`."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, value = line.rsplit(" ", 1)
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+    return total
+
+
 def make_settings(tmp_path: Path, **overrides):
     """Settings for a test app: its own state folder, the known key, nothing read from the repo's state."""
     from service.settings import Settings

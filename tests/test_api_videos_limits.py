@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import metric_sum
 from service.settings import Settings
 
 
@@ -44,11 +45,7 @@ def test_settings_defaults_and_env(monkeypatch):
 
 
 def _metric(client, auth, name: str) -> float:
-    """One unlabelled sample from /metrics."""
-    for line in client.get("/metrics", headers=auth).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
+    return metric_sum(client.get("/metrics", headers=auth).text, name)
 
 
 def test_a_second_concurrent_upload_is_429_until_the_first_ends(make_client, tiny_model, auth, fall_clips):

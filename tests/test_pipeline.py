@@ -19,8 +19,9 @@ DOWN = (60.0, 150.0, 220.0, 210.0)
 class Feed:
     """Drives one pipeline with a person whose action is given per frame; times are injected."""
 
-    def __init__(self, pipeline: SourcePipeline, image: bool = True) -> None:
+    def __init__(self, pipeline: SourcePipeline, image: bool = True, score: float = 0.8) -> None:
         self.pipeline = pipeline
+        self.score = score
         self.image = np.full((240, 320, 3), 90, np.uint8) if image else None
         self.i = 0
         self.events = []
@@ -31,7 +32,7 @@ class Feed:
         out = []
         for _ in range(round(seconds * FPS)):
             persons = [] if action is None else [
-                Person(DOWN if action == "fall" else STAND, 0.8, ("fall", "sit", "stand").index(action))]
+                Person(DOWN if action == "fall" else STAND, self.score, ("fall", "sit", "stand").index(action))]
             frame = Frame("cam", self.i, self.i / FPS, 5000.0 + self.i / FPS, self.image)
             result, events = self.pipeline.step(frame, persons + (extra or []), 12.5, 3)
             self.results.append(result)
@@ -157,29 +158,15 @@ def test_settings_are_described_strict_and_validated():
     assert PipelineSettings.model_validate({"confirm_s": "1.5"}).confirm_s == 1.5  # env strings
 
 
-class WeakFeed(Feed):
-    """A person the detector sees at score 0.1 only (a from-scratch model's usual confidence)."""
-
-    def run(self, seconds: float, action: str | None, extra: list[Person] | None = None) -> list:
-        out = []
-        for _ in range(round(seconds * FPS)):
-            persons = [Person(DOWN if action == "fall" else STAND, 0.1, ("fall", "sit", "stand").index(action))]
-            frame = Frame("cam", self.i, self.i / FPS, 5000.0 + self.i / FPS, self.image)
-            result, events = self.pipeline.step(frame, persons, 12.5, 0)
-            self.results.append(result)
-            out += events
-            self.i += 1
-        self.events += out
-        return out
-
-
 @pytest.mark.parametrize("detection_threshold, settings, tracked", [
     (0.05, PipelineSettings(), True),  # tracker thresholds follow the detector's operating point
     (None, PipelineSettings(), False),  # no detector threshold known: 0.5, the weak person is ignored
     (0.05, PipelineSettings(track_activation_score=0.5, track_high_score=0.5), False),  # set: kept
 ])
 def test_tracker_thresholds_follow_the_detection_threshold_unless_set(detection_threshold, settings, tracked):
-    feed = WeakFeed(SourcePipeline("cam", settings, live=False, detection_threshold=detection_threshold), image=False)
+    # a person the detector sees at score 0.1 only (a from-scratch model's usual confidence)
+    feed = Feed(SourcePipeline("cam", settings, live=False, detection_threshold=detection_threshold), image=False,
+                score=0.1)
     feed.run(2.0, "stand")
     feed.run(3.0, "fall")
     ids = {p.track_id for r in feed.results for p in r.persons}

@@ -38,6 +38,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from conftest import metric_sum
+
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SERVER = REPO / "tools" / "rtsp_server.py"
@@ -665,14 +667,8 @@ def test_concurrent_uploads_past_the_limits_are_4xx_and_never_kill_a_worker(
 
 
 def _metric(service: Service, name: str, **labels: str) -> float:
-    """Sum of a metric's samples on /metrics whose labels include `labels`."""
-    total = 0.0
-    for line in service.http.get("/metrics").text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            head, value = line.rsplit(" ", 1)
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                total += float(value)
-    return total
+    """Sum of a metric's samples on the service's /metrics whose labels include `labels`."""
+    return metric_sum(service.http.get("/metrics").text, name, **labels)
 
 
 def _latency_histogram(service: Service) -> dict[str, float]:
