@@ -55,8 +55,9 @@ class PipelineSettings(BaseModel):
         "Consecutive frames a new track needs before it gets an id."))
     track_frame_rate: float = Field(30.0, gt=0, description=(
         "Nominal frame rate of the tracker's motion model (gaps are measured from timestamps)."))
-    track_duplicate_iou: float = Field(0.7, gt=0, le=1, description=(
-        "Boxes overlapping a higher-scored box by more than this are one person: not tracked twice."))
+    track_duplicate_iou: float = Field(0.5, gt=0, le=1, description=(
+        "Boxes overlapping a higher-scored box by more than this are one person: not tracked twice "
+        "(benchmarks/duplicate_overlap.py measures both sides of this choice on the val split)."))
     track_relink_overlap: float = Field(0.3, ge=0, le=1, description=(
         "A new track whose box covers this share of the smaller box of an unmatched, not yet "
         "lost track's last detection takes over its id (a fall changes the box too fast for the "

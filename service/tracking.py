@@ -73,7 +73,7 @@ class PersonTracker:
 
     def __init__(self, *, activation_score: float = 0.5, high_score: float = 0.5,
                  match_iou: float = 0.1, lost_s: float = 2.0, min_frames: int = 2,
-                 frame_rate: float = 30.0, duplicate_iou: float = 0.7,
+                 frame_rate: float = 30.0, duplicate_iou: float = 0.5,
                  relink_overlap: float = 0.3) -> None:
         # The library counts its lost buffer in 30-fps frames and, with timestamps, turns it
         # into seconds as buffer / 30: so seconds * 30 is exact whatever the source fps.

@@ -112,3 +112,19 @@ def test_box_helpers():
     boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 9.5], [50, 50, 60, 60]], dtype=np.float32)
     assert duplicates(boxes, np.array([0.4, 0.9, 0.3]), 0.7).tolist() == [True, False, False]
     assert duplicates(np.empty((0, 4)), np.empty(0), 0.7).tolist() == []
+
+
+def test_default_merges_a_second_box_on_one_person_but_not_a_neighbour():
+    """At the default `duplicate_iou` (0.5) a second box on one body at IoU ~0.56 (the graph's NMS
+    at 0.7 lets it through) is no second track; a person beside another (IoU ~0.33) is tracked."""
+    tracker = PersonTracker()
+    for i in range(6):
+        body = walk(100, 2, i)
+        second = (body[0] + 20, body[1], body[2] + 20, body[3] + 20)  # IoU with body ~0.56
+        neighbour = (body[0] + 40, body[1], body[2] + 40, body[3])
+        iou = box_iou(np.array([body, second, body]), np.array([second, body, neighbour]))
+        out = tracker.update([Person(body, 0.6, 0), Person(second, 0.5, 0), Person(neighbour, 0.55, 2)],
+                             i, i / FPS)
+    assert 0.5 < iou[0, 0] < 0.7 and iou[2, 2] < 0.5
+    assert out[0].track_id is not None and out[1].track_id is None and out[2].track_id is not None
+    assert out[0].track_id != out[2].track_id and len(tracker.alive) == 2
