@@ -117,14 +117,16 @@ def test_box_helpers():
 def test_default_merges_a_second_box_on_one_person_but_not_a_neighbour():
     """At the default `duplicate_iou` (0.5) a second box on one body at IoU ~0.56 (the graph's NMS
     at 0.7 lets it through) is no second track; a person beside another (IoU ~0.33) is tracked."""
+    def boxes(i: int) -> tuple:
+        body = walk(100, 2, i)
+        return body, (body[0] + 20, body[1], body[2] + 20, body[3] + 20), (body[0] + 40, body[1], body[2] + 40, body[3])
+
+    body, second, neighbour = (np.array([b]) for b in boxes(0))
+    assert 0.5 < box_iou(body, second)[0, 0] < 0.7 and box_iou(body, neighbour)[0, 0] < 0.5
     tracker = PersonTracker()
     for i in range(6):
-        body = walk(100, 2, i)
-        second = (body[0] + 20, body[1], body[2] + 20, body[3] + 20)  # IoU with body ~0.56
-        neighbour = (body[0] + 40, body[1], body[2] + 40, body[3])
-        iou = box_iou(np.array([body, second, body]), np.array([second, body, neighbour]))
+        body, second, neighbour = boxes(i)
         out = tracker.update([Person(body, 0.6, 0), Person(second, 0.5, 0), Person(neighbour, 0.55, 2)],
                              i, i / FPS)
-    assert 0.5 < iou[0, 0] < 0.7 and iou[2, 2] < 0.5
     assert out[0].track_id is not None and out[1].track_id is None and out[2].track_id is not None
     assert out[0].track_id != out[2].track_id and len(tracker.alive) == 2
