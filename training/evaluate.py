@@ -126,7 +126,7 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
-    ax.set_title("confusion (conf 0.25, IoU 0.45; columns normalized)")
+    ax.set_title("confusion (score 0.25, IoU 0.45)\ncolour: share of each true column", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
