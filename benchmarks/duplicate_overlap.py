@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     runtime = Runtime(args.model, score_threshold=args.score)
     same_person, distinct_people = [], []
-    images = sorted(p for p in (args.split / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    images = sorted(p for p in (args.split / "images").iterdir()
+                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     images = images[:args.limit] if args.limit > 0 else images
     for path in images:
         image = cv2.imread(str(path))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("duplicate_overlap", REPO / "benchmarks" / "duplicate_overlap.py")
+spec = importlib.util.spec_from_file_location("duplicate_overlap",
+                                              REPO / "benchmarks" / "duplicate_overlap.py")
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
 
@@ -23,7 +24,8 @@ def test_label_boxes_turn_normalised_centres_into_pixel_corners(tmp_path: Path) 
 
 def test_pairs_are_each_unordered_pair_once() -> None:
     boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30]], dtype=float)
-    assert [(i, j, round(v, 3)) for i, j, v in study.pair_ious(boxes)] == [(0, 1, 0.5), (0, 2, 0.0), (1, 2, 0.0)]
+    pairs = [(i, j, round(v, 3)) for i, j, v in study.pair_ious(boxes)]
+    assert pairs == [(0, 1, 0.5), (0, 2, 0.0), (1, 2, 0.0)]
 
 
 def test_study_runs_on_real_val_images(model_path: Path, data_dir: Path, capsys) -> None:

@@ -119,7 +119,8 @@ def test_default_merges_a_second_box_on_one_person_but_not_a_neighbour():
     at 0.7 lets it through) is no second track; a person beside another (IoU ~0.33) is tracked."""
     def boxes(i: int) -> tuple:
         body = walk(100, 2, i)
-        return body, (body[0] + 20, body[1], body[2] + 20, body[3] + 20), (body[0] + 40, body[1], body[2] + 40, body[3])
+        x1, y1, x2, y2 = body
+        return body, (x1 + 20, y1, x2 + 20, y2 + 20), (x1 + 40, y1, x2 + 40, y2)
 
     body, second, neighbour = (np.array([b]) for b in boxes(0))
     assert 0.5 < box_iou(body, second)[0, 0] < 0.7 and box_iou(body, neighbour)[0, 0] < 0.5
