@@ -4,16 +4,24 @@
 The merged dataset keeps each image's origin in its file name (`...frame_...` and `...rgb_...`:
 video frames of two staged scenes; `...fall...` / `...not-fallen...`: the photo set). A class
 that comes from one source in train and another in val measures a change of domain, not only how
-well the class was learned: this prints the table that shows it.
+well the class was learned: this prints the table that shows it, and with `--evaluate` a
+checkpoint's AP50 per class on each (split, source) part (up to `--max-images` of each, sampled
+with seed 0), which tells a class not learned from a class learned on another kind of image.
 
-usage: python scripts/label_sources.py [DATA_DIR]   (default: $FALLDET_DATA/fall-action)
+usage: python scripts/label_sources.py [DATA_DIR] [--evaluate RUN/best.pt] [--max-images N]
+       (DATA_DIR default: $FALLDET_DATA/fall-action)
 """
 from __future__ import annotations
 
+import argparse
 import os
+import random
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SOURCES = ("frame", "rgb", "not-fallen", "fall")  # first match wins: "not-fallen" before "fall"
 NAMES = ("fall", "sit", "stand")
@@ -35,13 +43,58 @@ def count(split_dir: Path) -> dict[str, Counter]:
     return table
 
 
+def evaluate_by_source(weights: Path, root: Path, max_images: int) -> list[dict]:
+    """AP50 per class of `weights` on each (split, source) part with at least 50 images."""
+    sys.path.insert(0, str(REPO_ROOT))
+    import torch
+
+    from training.data.dataset import DetectionDataset
+    from training.engine import load_checkpoint_model
+    from training.evaluate import coco_map, predict_dataset
+
+    model, ck = load_checkpoint_model(str(weights), "cpu")
+    model = model.to(memory_format=torch.channels_last)
+    rows = []
+    for split in ("train", "val"):
+        parts: dict[str, list[Path]] = defaultdict(list)
+        for image in sorted((root / split / "images").iterdir()):
+            parts[source_of(image.name)].append(image)
+        for source, images in sorted(parts.items()):
+            if len(images) < 50:
+                continue
+            images = random.Random(0).sample(images, min(max_images, len(images)))
+            with tempfile.TemporaryDirectory() as tmp:  # the dataset reads images/ and labels/ beside it
+                for sub in ("images", "labels"):
+                    (Path(tmp) / sub).mkdir()
+                for image in images:
+                    (Path(tmp) / "images" / image.name).symlink_to(image)
+                    label = root / split / "labels" / f"{image.stem}.txt"
+                    if label.is_file():
+                        (Path(tmp) / "labels" / label.name).symlink_to(label)
+                ds = DetectionDataset(Path(tmp) / "images", list(NAMES), ck["train_config"]["imgsz"], None)
+                metrics = coco_map(ds, predict_dataset(model, ds, batch=32, device="cpu", conf=0.001, iou=0.7))
+            rows.append({"split": split, "source": source, "images": len(images), "mAP50": metrics["mAP50"],
+                         **{n: metrics["per_class"][n]["AP50"] for n in NAMES}})
+    return rows
+
+
 def main(argv: list[str]) -> int:
-    default = Path(os.environ.get("FALLDET_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    root = Path(argv[0]) if argv else default / "fall-action"
+    default = Path(os.environ.get("FALLDET_DATA") or REPO_ROOT.parent / "shared" / "data") / "fall-action"
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data_dir", type=Path, nargs="?", default=default)
+    ap.add_argument("--evaluate", type=Path, metavar="WEIGHTS", help="a training checkpoint (.pt)")
+    ap.add_argument("--max-images", type=int, default=250)
+    args = ap.parse_args(argv)
     print(f"{'split':<6} {'source':<11} {'images':>6} " + " ".join(f"{n:>6}" for n in NAMES))
     for split in ("train", "val"):
-        for source, row in sorted(count(root / split).items()):
+        for source, row in sorted(count(args.data_dir / split).items()):
             print(f"{split:<6} {source:<11} {row['images']:>6} " + " ".join(f"{row[n]:>6}" for n in NAMES))
+    if args.evaluate:
+        print(f"\nAP50 of {args.evaluate} per part (at most {args.max_images} images each; '-': no box of the class)")
+        print(f"{'split':<6} {'source':<11} {'images':>6} " + " ".join(f"{n:>6}" for n in (*NAMES, "mAP50")))
+        for row in evaluate_by_source(args.evaluate, args.data_dir, args.max_images):
+            cells = " ".join(f"{row[n]:>6.3f}" if row[n] is not None else f"{'-':>6}" for n in (*NAMES, "mAP50"))
+            print(f"{row['split']:<6} {row['source']:<11} {row['images']:>6} {cells}")
     return 0
 
 

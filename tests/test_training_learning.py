@@ -141,3 +141,21 @@ def test_training_resumes_exactly_after_being_killed(tmp_path) -> None:
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6), k
     assert [r["box"] for r in a["history"]] == pytest.approx([r["box"] for r in b["history"]], abs=1e-6)
+
+
+@needs_data
+def test_ap_per_data_source_runs_on_a_checkpoint(learned) -> None:
+    """scripts/label_sources.py --evaluate: one row per (split, source) part, a class a part has no box
+    of is None (not 0), the others are APs."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("label_sources", REPO / "scripts" / "label_sources.py")
+    label_sources = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(label_sources)
+    trainer, _, _ = learned
+    rows = label_sources.evaluate_by_source(trainer.out / "best.pt", DATA_YAML.parent, max_images=20)
+    parts = {(r["split"], r["source"]) for r in rows}
+    assert {("train", "rgb"), ("train", "frame"), ("val", "not-fallen"), ("val", "fall")} <= parts
+    rgb = next(r for r in rows if (r["split"], r["source"]) == ("train", "rgb"))
+    assert rgb["fall"] is None  # the staged room scene has no fall box at all
+    assert all(r["images"] == 20 for r in rows)
+    assert all(v is None or 0.0 <= v <= 1.0 for r in rows for v in (r["fall"], r["sit"], r["stand"], r["mAP50"]))
