@@ -26,17 +26,16 @@ sys.path.insert(0, str(REPO_ROOT))
 from service.runtime import Runtime  # noqa: E402
 from service.settings import DEFAULT_MODEL, default_data_dir  # noqa: E402
 from service.tracking import box_iou  # noqa: E402
+from training.boxes import xywhn_to_xyxy  # noqa: E402
+from training.data.dataset import label_path, parse_label_file, scan_split  # noqa: E402
 
 THRESHOLDS = (0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 
 
 def label_boxes(label: Path, width: int, height: int) -> np.ndarray:
-    """YOLO txt (class cx cy w h, normalised) -> [N, 4] pixel x1, y1, x2, y2."""
-    rows = [list(map(float, ln.split()))[1:] for ln in label.read_text().splitlines() if ln.strip()] \
-        if label.is_file() else []
-    boxes = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
-    cx, cy, w, h = boxes.T * np.array([[width], [height], [width], [height]])
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    """A YOLO label file (the training parser's rules) -> [N, 4] pixel x1, y1, x2, y2."""
+    _, boxes, _ = parse_label_file(label, nc=3)
+    return xywhn_to_xyxy(boxes.astype(np.float64), width, height)
 
 
 def pair_ious(boxes: np.ndarray) -> list[tuple[int, int, float]]:
@@ -53,14 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     runtime = Runtime(args.model, score_threshold=args.score)
     same_person, distinct_people = [], []
-    images = sorted(p for p in (args.split / "images").iterdir()
-                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    images = [s.image for s in scan_split(args.split / "images", nc=3).samples]
     images = images[:args.limit] if args.limit > 0 else images
     for path in images:
         image = cv2.imread(str(path))
         if image is None:
             continue
-        truth = label_boxes(args.split / "labels" / f"{path.stem}.txt", image.shape[1], image.shape[0])
+        truth = label_boxes(label_path(path), image.shape[1], image.shape[0])
         distinct_people += [iou for _, _, iou in pair_ious(truth)]
         dets = np.asarray([p.box for p in runtime.detect([image])[0]], dtype=np.float64).reshape(-1, 4)
         if len(dets) < 2 or len(truth) == 0:

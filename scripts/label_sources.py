@@ -14,7 +14,6 @@ usage: python scripts/label_sources.py [DATA_DIR] [--evaluate RUN/best.pt] [--ma
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
@@ -22,6 +21,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from service.settings import default_data_dir  # noqa: E402
+from training.data.dataset import parse_label_file  # noqa: E402
 
 SOURCES = ("frame", "rgb", "not-fallen", "fall")  # first match wins: "not-fallen" before "fall"
 NAMES = ("fall", "sit", "stand")
@@ -37,15 +40,13 @@ def count(split_dir: Path) -> dict[str, Counter]:
     for label in sorted((split_dir / "labels").glob("*.txt")):
         row = table[source_of(label.name)]
         row["images"] += 1
-        for line in label.read_text().splitlines():
-            if line.strip():
-                row[NAMES[int(line.split()[0])]] += 1
+        classes, _, _ = parse_label_file(label, nc=len(NAMES))
+        row.update(NAMES[c] for c in classes)
     return table
 
 
 def evaluate_by_source(weights: Path, root: Path, max_images: int) -> list[dict]:
     """AP50 per class of `weights` on each (split, source) part with at least 50 images."""
-    sys.path.insert(0, str(REPO_ROOT))
     import torch
 
     from training.data.dataset import DetectionDataset
@@ -79,9 +80,8 @@ def evaluate_by_source(weights: Path, root: Path, max_images: int) -> list[dict]
 
 
 def main(argv: list[str]) -> int:
-    default = Path(os.environ.get("FALLDET_DATA") or REPO_ROOT.parent / "shared" / "data") / "fall-action"
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data_dir", type=Path, nargs="?", default=default)
+    ap.add_argument("data_dir", type=Path, nargs="?", default=default_data_dir() / "fall-action")
     ap.add_argument("--evaluate", type=Path, metavar="WEIGHTS", help="a training checkpoint (.pt)")
     ap.add_argument("--max-images", type=int, default=250)
     args = ap.parse_args(argv)

@@ -189,6 +189,16 @@ def metric_sum(metrics_text: str, name: str, **labels: str) -> float:
     return total
 
 
+def load_script(relative: str):
+    """A repository script (benchmarks/, scripts/: not packages) imported as a module for its tests."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_settings(tmp_path: Path, **overrides):
     """Settings for a test app: its own state folder, the known key, nothing read from the repo's state."""
     from service.settings import Settings

@@ -1,17 +1,14 @@
 """The duplicate-overlap study behind `track_duplicate_iou`: label parsing by hand, a real smoke run."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("duplicate_overlap",
-                                              REPO / "benchmarks" / "duplicate_overlap.py")
-study = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(study)
+from conftest import load_script
+
+study = load_script("benchmarks/duplicate_overlap.py")
 
 
 def test_label_boxes_turn_normalised_centres_into_pixel_corners(tmp_path: Path) -> None:

@@ -1,13 +1,11 @@
 """The per-source label table (scripts/label_sources.py) on a hand-made split."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("label_sources", REPO / "scripts" / "label_sources.py")
-label_sources = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(label_sources)
+from conftest import load_script
+
+label_sources = load_script("scripts/label_sources.py")
 
 
 def test_sources_come_from_file_names_not_fallen_before_fall() -> None:

@@ -147,10 +147,8 @@ def test_training_resumes_exactly_after_being_killed(tmp_path) -> None:
 def test_ap_per_data_source_runs_on_a_checkpoint(learned) -> None:
     """scripts/label_sources.py --evaluate: one row per (split, source) part, a class a part has no box
     of is None (not 0), the others are APs."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("label_sources", REPO / "scripts" / "label_sources.py")
-    label_sources = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(label_sources)
+    from conftest import load_script
+    label_sources = load_script("scripts/label_sources.py")
     trainer, _, _ = learned
     rows = label_sources.evaluate_by_source(trainer.out / "best.pt", DATA_YAML.parent, max_images=20)
     parts = {(r["split"], r["source"]) for r in rows}
