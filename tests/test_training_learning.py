@@ -157,3 +157,14 @@ def test_ap_per_data_source_runs_on_a_checkpoint(learned) -> None:
     assert rgb["fall"] is None  # the staged room scene has no fall box at all
     assert all(r["images"] == 20 for r in rows)
     assert all(v is None or 0.0 <= v <= 1.0 for r in rows for v in (r["fall"], r["sit"], r["stand"], r["mAP50"]))
+
+
+@needs_data
+def test_compare_reads_the_trainers_own_results(learned, tmp_path) -> None:
+    """`python -m training compare` on a real run: the validated epoch and its mAP are the trainer's."""
+    from training.compare import compare
+    trainer, _, after = learned
+    (summary,) = compare([trainer.out], tmp_path / "cmp.png")
+    assert summary.epochs == summary.best_epoch == LEARN_EPOCHS  # validated only at the end (val_interval)
+    assert summary.best_map50 == pytest.approx(after["mAP50"], abs=1e-4)
+    assert (tmp_path / "cmp.png").stat().st_size > 0

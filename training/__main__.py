@@ -1,4 +1,4 @@
-"""`python -m training train|val|export|info ...` (names pinned in DESIGN.md)."""
+"""`python -m training train|val|export|info|compare ...` (names pinned in DESIGN.md)."""
 from __future__ import annotations
 
 import argparse
@@ -101,6 +101,17 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from training.compare import compare, markdown_table
+    try:
+        summaries = compare(a.runs, a.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"compare: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(summaries))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -134,9 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--scale", default="n", choices=["n", "s"])
     i.add_argument("--imgsz", type=int, default=640)
     i.add_argument("--nc", type=int, default=3)
+    c = sub.add_parser("compare", help="val curves of several runs in one plot, and a table of their best epochs")
+    c.add_argument("runs", nargs="+", help="run folders (each with results.csv)")
+    c.add_argument("--out", default=None, help="write the plot here (PNG)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return {"train": cmd_train, "val": cmd_val, "export": cmd_export, "info": cmd_info}[a.cmd](a)
+    return {"train": cmd_train, "val": cmd_val, "export": cmd_export, "info": cmd_info,
+            "compare": cmd_compare}[a.cmd](a)
 
 
 if __name__ == "__main__":

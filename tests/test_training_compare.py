@@ -1,0 +1,54 @@
+"""`python -m training compare`: the best epoch follows the trainer's rule and the table reads results.csv."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from training.__main__ import main as training_cli
+from training.compare import compare, markdown_table
+from training.engine import csv_fields
+
+NAMES = ["fall", "sit", "stand"]
+
+
+def write_run(folder: Path, rows: list[dict]) -> Path:
+    """A results.csv exactly as the trainer writes it (same writer, same columns)."""
+    folder.mkdir(parents=True)
+    with (folder / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=csv_fields(NAMES), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return folder
+
+
+def row(epoch: int, m50: float | None = None, m5095: float | None = None, quality: bool = True) -> dict:
+    r = {"epoch": epoch, "box": 2.0, "cls": 2.0, "dfl": 2.0, "lr": 0.01, "epoch_s": 1800.0, "train_img_s": 6.0}
+    if quality:
+        r["quality"] = 0.5
+    if m50 is not None:
+        r.update({"mAP50": m50, "mAP50_95": m5095})
+    return r
+
+
+def test_best_epoch_is_the_highest_map50_95_and_unvalidated_epochs_are_skipped(tmp_path) -> None:
+    g = write_run(tmp_path / "G", [row(1, 0.10, 0.03), row(2), row(3, 0.20, 0.08), row(4, 0.25, 0.07)])
+    base = write_run(tmp_path / "baseline", [row(1, 0.05, 0.02, quality=False), row(2, 0.06, 0.02, quality=False)])
+    png = tmp_path / "cmp.png"
+    s_g, s_base = compare([g, base], png)
+    assert (s_g.name, s_g.epochs, s_g.best_epoch, s_g.best_map50, s_g.best_map50_95) == ("G", 4, 3, 0.20, 0.08)
+    assert (s_g.last_map50, s_g.last_map50_95) == (0.25, 0.07)
+    assert s_g.hours == pytest.approx(2.0)
+    assert s_base.best_epoch == 1  # a tie keeps the earlier epoch, as best.pt does (strictly greater replaces it)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = markdown_table([s_g, s_base]).splitlines()
+    assert table[2] == "| G | 4 | 3 | 0.2000 | 0.0800 | 0.2500 | 0.0700 | 2.00 |"
+
+
+def test_cli_refuses_a_folder_without_results_or_validation(tmp_path, capsys) -> None:
+    assert training_cli(["compare", str(tmp_path / "missing")]) == 2
+    assert "no results.csv" in capsys.readouterr().err
+    write_run(tmp_path / "early", [row(1)])
+    assert training_cli(["compare", str(tmp_path / "early")]) == 2
+    assert "no validated epoch yet" in capsys.readouterr().err
