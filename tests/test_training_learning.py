@@ -83,8 +83,9 @@ def test_onnx_export_matches_pytorch_on_real_images(learned, tmp_path) -> None:
     torch_model, _ = load_checkpoint_model(trainer.out / "best.pt")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     spec = load_data_yaml(DATA_YAML)
-    # the images the small model learned, so that it has confident detections to compare
-    val = DetectionDataset(spec.train, spec.names, 128, None, limit=20)
+    # 20 val images (the parity set); the small model has never seen them, so its boxes there are
+    # weak, which is a stricter test of the in-graph reweighting and NMS near the score threshold
+    val = DetectionDataset(spec.val, spec.names, 128, None, limit=20)
     batch = np.stack([letterbox(img, 128)[0][:, :, ::-1].transpose(2, 0, 1) for img in val.images])
     x = np.ascontiguousarray(batch, dtype=np.float32) / 255.0
     thr = 0.001
@@ -107,7 +108,8 @@ def test_onnx_export_matches_pytorch_on_real_images(learned, tmp_path) -> None:
             j = int(ious.argmax())
             assert ious[j] > 0.99 and abs(same_cls[j, 4] - row[4]) < 1e-3, (k, row, same_cls[j])
             compared += 1
-    assert compared >= 10, f"only {compared} detections compared: the parity check saw too little"
+    print(f"\nparity: {compared} detections compared on {len(x)} val images")
+    assert compared >= 100, f"only {compared} detections compared: the parity check saw too little"
 
 
 def _train_cmd(out: Path, epochs: int, resume: bool = False) -> list[str]:
