@@ -32,7 +32,7 @@ from training.model.head import HeadOutput  # noqa: E402
 
 @contextmanager
 def without_quality():
-    """Score = sigmoid(cls) only, for every head built while inside."""
+    """Score = sigmoid(cls) only, for every prediction made while inside."""
     with mock.patch.object(HeadOutput, "scores", lambda out: out.cls.sigmoid()):
         yield
 

@@ -46,6 +46,13 @@ def test_best_epoch_is_the_highest_map50_95_and_unvalidated_epochs_are_skipped(t
     assert table[2] == "| G | 4 | 3 | 0.2000 | 0.0800 | 0.2500 | 0.0700 | 2.00 |"
 
 
+def test_runs_with_the_same_folder_name_keep_apart(tmp_path) -> None:
+    a = write_run(tmp_path / "a" / "G", [row(1, 0.10, 0.03)])
+    b = write_run(tmp_path / "b" / "G", [row(1, 0.20, 0.05)])
+    s_a, s_b = compare([a, b])
+    assert (s_a.name, s_a.best_map50, s_b.name, s_b.best_map50) == (str(a), 0.10, str(b), 0.20)
+
+
 def test_cli_refuses_a_folder_without_results_or_validation(tmp_path, capsys) -> None:
     assert training_cli(["compare", str(tmp_path / "missing")]) == 2
     assert "no results.csv" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Side-by-side view of training runs (the ablation a reader would rather look at than read).
 
 Reads each run's `results.csv` (written by the trainer every epoch), so it works on finished and
-running runs alike and needs no checkpoint or torch.
+running runs alike and needs no checkpoint.
 """
 from __future__ import annotations
 
@@ -83,7 +83,10 @@ def plot_runs(runs: dict[str, list[dict[str, float]]], path: str | Path) -> None
 
 
 def compare(run_dirs: list[str | Path], out_png: str | Path | None = None) -> list[RunSummary]:
-    runs = {Path(r).name: read_results(r) for r in run_dirs}
+    names = [Path(r).name for r in run_dirs]
+    if len(set(names)) < len(names):  # same folder name under different parents: tell them apart
+        names = [str(r) for r in run_dirs]
+    runs = {name: read_results(r) for name, r in zip(names, run_dirs)}
     summaries = [summarize(name, rows) for name, rows in runs.items()]
     if out_png is not None:
         plot_runs(runs, out_png)
