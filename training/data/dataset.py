@@ -5,6 +5,7 @@ A sample's boxes are pixel xyxy of the cached image, whose long side is the trai
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,12 +128,15 @@ class DetectionDataset(Dataset):
     """Images cached in RAM at training size; augmentation is deterministic per (seed, epoch, index)."""
 
     def __init__(self, images_dir: Path, names: list[str], imgsz: int, augment: AugmentConfig | None,
-                 seed: int = 0, workers: int = 2, limit: int = 0) -> None:
+                 seed: int = 0, workers: int = 2, limit: int = 0, only: Collection[Path] | None = None) -> None:
+        """`only`: keep just these image files of the split (one part of it, e.g. one data source)."""
         self.imgsz, self.aug, self.seed, self.names = imgsz, augment, seed, names
         self.epoch = 0
         self.mosaic_on = augment is not None and augment.mosaic > 0
         report = scan_split(Path(images_dir), len(names))
-        samples = report.samples[:limit] if limit else report.samples
+        keep = None if only is None else set(only)
+        samples = report.samples if keep is None else [s for s in report.samples if s.image in keep]
+        samples = samples[:limit] if limit else samples
         self.problems = list(report.problems)
         with ThreadPoolExecutor(max(workers, 1)) as pool:
             images = list(pool.map(lambda s: _load_resized(s.image, imgsz), samples))
