@@ -17,6 +17,7 @@ from service.events import Event, FallRules
 from service.frames import Frame, FrameResult, Person
 from service.timeline import Timeline
 from service.tracking import PersonTracker
+from service.zones import BedTracker, Zone, bed_of, frame_result_with_zones, ignored_by, normalise_box
 
 
 class PipelineSettings(BaseModel):
@@ -91,8 +92,9 @@ class SourcePipeline:
     """
 
     def __init__(self, source: str, settings: PipelineSettings, live: bool,
-                 detection_threshold: float | None = None) -> None:
-        """`detection_threshold`: the runtime's score threshold, the tracker's default (else 0.5)."""
+                 detection_threshold: float | None = None, zones: list[Zone] | None = None) -> None:
+        """`detection_threshold`: the runtime's score threshold, the tracker's default (else 0.5);
+        `zones`: the source's bed and ignore zones (service/zones.py; `set_zones` replaces them)."""
         self.source = source
         self.settings = settings
         self.live = live
@@ -112,6 +114,8 @@ class SourcePipeline:
                                   keep_s=s.segment_keep_s if live else None)
         self._rules = FallRules(source, confirm_s=s.confirm_s, cooldown_s=s.cooldown_s,
                                 still_down_s=s.still_down_s, still_down_every_s=s.still_down_every_s)
+        self._zones: list[Zone] = list(zones or [])
+        self._beds = BedTracker(hold_s=s.smooth_window_s)  # in-bed state per track (zones.py)
         self._lock = threading.Lock()
         self._frames = 0
         self._first: tuple[int, float] | None = None  # (index, pts_s) of the first frame
@@ -125,8 +129,18 @@ class SourcePipeline:
         with self._lock:
             if self._finished:
                 raise RuntimeError(f"source {self.source!r} already finished")
-            tracked = self._tracker.update(persons, frame.index, frame.pts_s)
+            h, w = frame.image.shape[:2] if frame.image is not None else (0, 0)
+            zones = self._zones if w and h else []
+            kept = [p for p in persons if not (zones and ignored_by(normalise_box(p.box, w, h), zones))]
+            tracked = self._tracker.update(kept, frame.index, frame.pts_s)
             self._timeline.observe(tracked, frame.index, frame.pts_s, frame.captured_at)
+            in_bed: dict[int, str] = {}
+            for p in tracked:
+                if p.track_id is not None:
+                    zone = bed_of(normalise_box(p.box, w, h), zones) if zones else None
+                    self._beds.observe(p.track_id, zone, frame.index, frame.pts_s, frame.captured_at)
+                    if self._beds.in_bed(p.track_id) is not None:
+                        in_bed[p.track_id] = self._beds.in_bed(p.track_id)
             alive = self._tracker.alive
             events: list[Event] = []
             for tid in sorted(self._timeline.open_ids()):
@@ -134,21 +148,30 @@ class SourcePipeline:
                 if status is None:
                     continue
                 if tid in alive:
-                    events += self._rules.update(status)
+                    events += self._rules.update(self._beds.gate(status))
                 else:
                     events += self._rules.end_track(status, "track_lost")
                     self._timeline.close(tid)
+                    self._beds.end(tid)
             for event in events:
                 if event.type == "fall_alert" and frame.image is not None:
                     event.snapshot = snapshot_jpeg(frame.image, event.box,
                                                    f"FALL track {event.track_id}",
                                                    self.settings.snapshot_quality)
             self._note(frame, events)
-            h, w = frame.image.shape[:2] if frame.image is not None else (0, 0)
             result = FrameResult(source=self.source, frame=frame.index, pts_s=frame.pts_s,
                                  captured_at=frame.captured_at, latency_ms=latency_ms,
                                  dropped=dropped, persons=tracked, width=w, height=h)
-            return result, events
+            return frame_result_with_zones(result, in_bed, len(persons) - len(kept)), events
+
+    def set_zones(self, zones: list[Zone]) -> None:
+        """Replace the source's zones; the next frame uses them (no reconnect, tracks kept)."""
+        with self._lock:
+            self._zones = list(zones)
+
+    @property
+    def zones(self) -> list[Zone]:
+        return list(self._zones)
 
     def _note(self, frame: Frame, events: list[Event]) -> None:
         self._frames += 1
@@ -160,6 +183,7 @@ class SourcePipeline:
             before = frame.pts_s - self.settings.segment_keep_s
             self._timeline.prune(frame.pts_s)
             self._rules.prune(before)
+            self._beds.prune(before)
 
     def finish(self) -> list[Event]:
         """End of the source: close every open segment and clear every fall still going on."""
@@ -176,6 +200,7 @@ class SourcePipeline:
                 if status is not None:
                     events += self._rules.end_track(status, "source_ended")
                 self._timeline.close(tid)
+                self._beds.end(tid)
             self._event_counts.update(e.type for e in events)
             return events
 
@@ -194,6 +219,7 @@ class SourcePipeline:
                 if not entry["segments"]:
                     continue  # a track that never held an action long enough (a ghost)
                 entry["falls"] = falls.get(entry["track_id"], [])
+                entry["bed"] = [p.to_json() for p in self._beds.periods(entry["track_id"])]
                 tracks.append(entry)
             first_index, first_pts = self._first if self._first else (None, None)
             last_index, last_pts, _ = self._last if self._last else (None, None, None)
@@ -221,6 +247,8 @@ class SourcePipeline:
             for entry in self._timeline.to_json(since):
                 tid = entry["track_id"]
                 entry["falls"] = falls.get(tid, [])
+                entry["in_bed"] = self._beds.in_bed(tid)  # the bed zone's name while in bed (zones.py)
+                entry["bed"] = [p.to_json() for p in self._beds.periods(tid)]
                 fall = ongoing.get(tid)
                 entry["down"] = None if fall is None or now_s is None else {
                     "onset_s": round(fall.onset_s, 4), "confirmed": fall.alert_id is not None,
