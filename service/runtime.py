@@ -1,9 +1,9 @@
 """The detector at run time: one onnxruntime session over the exported model, no torch.
 
-Pre-processing is exactly that of `../shared/tools/evaluate_detector.py` (centred letterbox, pad 114,
-INTER_LINEAR, RGB / 255), so what the service reports is what the evaluator scored. The file holds
-the final scoring and NMS (DESIGN.md, contract 1); this module only letterboxes, batches and maps
-boxes back to each frame's pixels.
+Pre-processing is exactly that of the evaluation (`python -m training val`: centred letterbox, pad
+114, INTER_LINEAR, RGB / 255), so what the service reports is what was scored. The file holds the
+final scoring and NMS (the model contract, docs/service.md); this module only letterboxes, batches
+and maps boxes back to each frame's pixels.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from service.cuda_check import cuda_problem
 from service.frames import Person
 
 if TYPE_CHECKING:
@@ -33,24 +34,26 @@ DEFAULT_CHUNK = 32  # largest batch sent in one run when the model's batch axis 
 Provider = str | tuple[str, dict]
 
 
-def choose_providers(requested: Sequence[str] = (), tensorrt: bool = False,
+def choose_providers(requested: Sequence[Provider] = (), tensorrt: bool = False,
                      trt_cache: Path | None = None) -> list[Provider]:
-    """Providers to ask for: the requested ones, else [TensorRT,] CUDA when available, then CPU.
+    """Providers to ask for: the requested ones, else [TensorRT,] CUDA when it can run, then CPU.
 
-    onnxruntime-gpu lists CUDA as available even with no GPU; the session then falls back to CPU,
-    which is why `Runtime.providers` reads what the session really uses.
+    CUDA and TensorRT are left out, requested or not, where CUDA cannot load (`cuda_check`): asking
+    for them there only prints onnxruntime's red library error before it falls back to CPU.
     """
+    gpu_ok = cuda_problem() is None
     if requested:
-        return list(requested)
+        kept = [p for p in requested if gpu_ok or (p if isinstance(p, str) else p[0]) not in (CUDA, TENSORRT)]
+        return kept or [CPU]
     available = set(ort.get_available_providers())
     chosen: list[Provider] = []
-    if tensorrt and TENSORRT in available:
+    if gpu_ok and tensorrt and TENSORRT in available:
         options = {"trt_fp16_enable": True}
         if trt_cache is not None:
             trt_cache.mkdir(parents=True, exist_ok=True)  # built engines are reused across restarts
             options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache)}
         chosen.append((TENSORRT, options))
-    if CUDA in available:
+    if gpu_ok:
         chosen.append(CUDA)
     chosen.append(CPU)
     return chosen
@@ -86,8 +89,18 @@ def _operating_point(meta: dict[str, str]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and 0 < value <= 1 else None
 
 
+def _why_not_gpu(used: str, wanted: list[str]) -> str:
+    """The reason a CPU session is not on the GPU, for the one start-up line."""
+    if used != CPU:
+        return ""
+    problem = cuda_problem()
+    if problem:
+        return f" (CUDA not used: {problem})"
+    return f" (asked for {wanted})" if wanted[0] != CPU else ""
+
+
 class ModelContractError(ValueError):
-    """The ONNX file does not follow DESIGN.md's model contract."""
+    """The ONNX file does not follow the model contract (docs/service.md, "The model file")."""
 
 
 class Runtime:
@@ -100,7 +113,7 @@ class Runtime:
             raise FileNotFoundError(f"model not found: {model_path} (set FALLDET_MODEL or --model)")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # a missing CUDA library is reported below, once, by us
-        requested = list(providers) if providers else choose_providers()
+        requested = choose_providers(list(providers or ()))
         self.session = ort.InferenceSession(str(model_path), options, providers=requested)
         self.model_path = model_path
         self.providers: list[str] = self.session.get_providers()
@@ -115,11 +128,9 @@ class Runtime:
             self.score_threshold, self.score_threshold_source = DEFAULT_SCORE_THRESHOLD, "default"
         self._read_contract()
         wanted = [p if isinstance(p, str) else p[0] for p in requested]
-        log.info("model %s on %s (asked for %s), imgsz %d, classes %s, score threshold %.4g (%s)",
-                 model_path.name, self.providers, wanted, self.imgsz, self.names, self.score_threshold,
-                 self.score_threshold_source)
-        if wanted and wanted[0] != self.providers[0]:
-            log.warning("provider %s is not in use; running on %s", wanted[0], self.providers[0])
+        log.info("onnxruntime runs %s on %s%s; imgsz %d, classes %s, score threshold %.4g (%s)",
+                 model_path.name, self.providers[0], _why_not_gpu(self.providers[0], wanted), self.imgsz,
+                 self.names, self.score_threshold, self.score_threshold_source)
 
     def _read_contract(self) -> None:
         meta = self.metadata
