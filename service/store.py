@@ -109,6 +109,13 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE type = 'fall_alert' AND origin IS NULL AND acked_at IS NULL;
     CREATE INDEX events_clears ON events(run, track_id, seq) WHERE type = 'fall_cleared';
     """,
+    """
+    -- Fall clips (service/clips.py): the MP4 of a fall_alert, linked once written (path relative
+    -- to the clip folder), like the snapshot.
+    ALTER TABLE events ADD COLUMN clip TEXT;
+    ALTER TABLE events ADD COLUMN clip_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX events_clip_seq ON events(seq) WHERE clip IS NOT NULL;
+    """,
 )
 EARLY_ACK_MAX_AGE_S = 7 * 86400  # an event arrives within replay_max_age_s (a day) or never
 
@@ -135,6 +142,12 @@ class RetentionSettings(BaseModel):
     event_max_age_days: float | None = Field(
         None, gt=0, description="Delete alert rows (and their snapshots) stored more than this many days ago, "
                                 "except unacknowledged fall alerts and events not yet delivered. None: keep history.")
+    clip_max_age_days: float | None = Field(
+        30.0, gt=0, description="Delete fall clips (MP4) stored more than this many days ago (the alert row stays); "
+                                "never those of unacknowledged fall alerts. None: keep.")
+    clip_max_total_mb: float | None = Field(
+        10240.0, gt=0, description="Delete the oldest fall clips while all of them together exceed this size "
+                                   "(unacknowledged fall alerts keep theirs). None: no cap.")
     prune_interval_s: float = Field(600.0, gt=0, description="Seconds between two background prunes.")
 
 
@@ -190,9 +203,10 @@ class AlertStore:
     """SQLite (WAL) alert store with snapshots on disk; see the module docstring for guarantees."""
 
     def __init__(self, db_path: Path, snapshot_dir: Path,
-                 retention: RetentionSettings | None = None) -> None:
+                 retention: RetentionSettings | None = None, clip_dir: Path | None = None) -> None:
         self.db_path = Path(db_path)
         self.snapshot_dir = Path(snapshot_dir)
+        self.clip_dir = Path(clip_dir) if clip_dir is not None else self.snapshot_dir.parent / "clips"
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.run_id = uuid.uuid4().hex  # this process's run: marks which events it raised
@@ -205,6 +219,7 @@ class AlertStore:
         self._counters = {"pruned_snapshots": 0, "pruned_snapshot_bytes": 0, "pruned_events": 0,
                           "prune_runs": 0, "prune_errors": 0}
         self._remove_stale_temp_files()
+        self._remove_clip_temp_files(0.0)  # one process per state folder: any clip temp file is a dead write
         self.retention = retention
         self._stop = threading.Event()
         self._pruner: threading.Thread | None = None
@@ -281,7 +296,7 @@ class AlertStore:
                 raise ValueError(f"remote event lacks a valid {key!r}")
         if payload["type"] not in EVENT_TYPES or not isinstance(payload.get("track_id"), (int, type(None))):
             raise ValueError(f"remote event has an unknown type {payload['type']!r} or a bad track_id")
-        body = {k: v for k, v in payload.items() if k not in {"acked", "ack", "snapshot_url", "origin", "pod"}}
+        body = {k: v for k, v in payload.items() if k not in {"acked", "ack", "snapshot_url", "clip_url", "origin", "pod"}}
         return self._insert(body, snapshot, run=None, origin=str(origin))
 
     def _insert(self, body: dict, snapshot: bytes | None, run: str | None, origin: str | None
@@ -351,6 +366,7 @@ class AlertStore:
         alert["ack"] = ({"by": row["acked_by"], "at": row["acked_at"], "comment": row["ack_comment"]}
                         if acked else None)
         alert["snapshot_url"] = f"/v1/alerts/{row['id']}/snapshot.jpg" if row["snapshot"] else None
+        alert["clip_url"] = f"/v1/alerts/{row['id']}/clip.mp4" if row["clip"] else None
         alert["origin"] = row["origin"]
         return alert
 
@@ -399,6 +415,121 @@ class AlertStore:
             return None
         path = self.snapshot_dir / row["snapshot"]
         return path if path.is_file() else None
+
+    # ---------------------------------------------------------------- fall clips
+    def attach_clip(self, alert_id: str, rel: str, size: int) -> bool:
+        """Link a written clip (path relative to `clip_dir`, already durable) to its alert.
+        False when the alert is not stored (yet)."""
+        alert_id = _check_id(alert_id)
+        with self._lock:
+            cur = self._durable.execute("UPDATE events SET clip = ?, clip_bytes = ? WHERE id = ?",
+                                        (str(rel), int(size), alert_id))
+            linked = cur.rowcount == 1
+        if linked:
+            self._changed()
+        return linked
+
+    def clip_path(self, alert_id: str) -> Path | None:
+        """The alert's clip file, or None (no clip yet, none made, or pruned)."""
+        if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
+            return None
+        with self._lock:
+            row = self._durable.execute("SELECT clip FROM events WHERE id = ?", (alert_id,)).fetchone()
+        if row is None or row["clip"] is None:
+            return None
+        path = self.clip_dir / row["clip"]
+        return path if path.is_file() else None
+
+    def _remove_clip_files(self, files: list[tuple[str, int]]) -> int:
+        freed = 0
+        for rel, size in files:
+            try:
+                (self.clip_dir / rel).unlink()
+                freed += size
+            except FileNotFoundError:
+                pass
+        return freed
+
+    def _prune_clips(self, policy: RetentionSettings, now: float, channels: str) -> tuple[int, int]:
+        """Clips by age, then the oldest while all together exceed the cap; an unacknowledged fall
+        alert keeps its clip (`_KEEP`). Row first (committed), then the file."""
+        max_age = getattr(policy, "clip_max_age_days", None)
+        max_mb = getattr(policy, "clip_max_total_mb", None)
+        doomed: list[int] = []
+        with self._lock:
+            if max_age is not None:
+                doomed += [r[0] for r in self._durable.execute(
+                    f"SELECT e.seq FROM events e WHERE e.clip IS NOT NULL AND e.created_at < :cutoff"
+                    f" AND NOT {self._KEEP} ORDER BY e.seq",
+                    {"cutoff": now - max_age * 86400, "channels": channels})]
+            if max_mb is not None:
+                cap = int(max_mb * 1024 * 1024)
+                aged = set(doomed)
+                total = self._durable.execute(
+                    "SELECT COALESCE(SUM(clip_bytes), 0) FROM events WHERE clip IS NOT NULL"
+                    " AND seq NOT IN (SELECT value FROM json_each(?))", (json.dumps(doomed),)).fetchone()[0]
+                if total > cap:
+                    for seq, size in self._durable.execute(
+                            f"SELECT e.seq, e.clip_bytes FROM events e WHERE e.clip IS NOT NULL"
+                            f" AND NOT {self._KEEP} ORDER BY e.seq", {"channels": channels}).fetchall():
+                        if total <= cap:
+                            break
+                        if seq not in aged:
+                            doomed.append(seq)
+                            total -= size
+                if total > cap:
+                    log.warning("fall clips take %.1f MB, over the %.1f MB cap: the rest belong to "
+                                "unacknowledged fall alerts, which retention keeps", total / 2**20, cap / 2**20)
+        count = freed = 0
+        for i in range(0, len(doomed), self.PRUNE_BATCH):
+            batch = json.dumps(doomed[i:i + self.PRUNE_BATCH])
+            with self._lock:
+                self._durable.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = self._durable.execute(
+                        f"SELECT e.seq, e.clip, e.clip_bytes FROM events e WHERE e.clip IS NOT NULL"
+                        f" AND e.seq IN (SELECT value FROM json_each(:batch)) AND NOT {self._KEEP}",
+                        {"batch": batch, "channels": channels}).fetchall()
+                    self._durable.execute("UPDATE events SET clip = NULL WHERE seq IN (SELECT value FROM json_each(?))",
+                                          (json.dumps([r[0] for r in rows]),))
+                    self._durable.execute("COMMIT")
+                except BaseException:
+                    if self._durable.in_transaction:
+                        self._durable.execute("ROLLBACK")
+                    raise
+            count += len(rows)
+            freed += self._remove_clip_files([(r[1], r[2]) for r in rows])
+        with self._lock:
+            self._counters["pruned_clips"] = self._counters.get("pruned_clips", 0) + count
+        return count, freed
+
+    def _remove_orphan_clips(self, now: float, older_than_s: float = 3600.0) -> int:
+        """Clip files no row points at (a clip whose alert was deleted, or a crash before the link),
+        and temporary files of writes that died."""
+        with self._lock:
+            known = {r[0] for r in self._durable.execute("SELECT clip FROM events WHERE clip IS NOT NULL")}
+        removed = 0
+        for path in self.clip_dir.glob("*/*.mp4"):
+            rel = path.relative_to(self.clip_dir).as_posix()
+            try:
+                if rel not in known and path.stat().st_mtime < now - older_than_s:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        self._remove_clip_temp_files(older_than_s)
+        return removed
+
+    def _remove_clip_temp_files(self, older_than_s: float) -> None:
+        cutoff = time.time() - older_than_s
+        if not self.clip_dir.is_dir():
+            return
+        for tmp in self.clip_dir.glob("*/.*.tmp"):  # uploads' clips live elsewhere (their own folder)
+            try:
+                if older_than_s <= 0 or tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except OSError:
+                pass
 
     def sources(self) -> list[str]:
         """Sources of this pod that ever raised an event (for MQTT state and discovery)."""
@@ -659,7 +790,9 @@ class AlertStore:
         with self._lock:
             stale_acks = self._durable.execute("DELETE FROM early_acks WHERE received_at < ?",
                                                (now - EARLY_ACK_MAX_AGE_S,)).rowcount
+        totals["clips"], totals["clip_bytes"] = self._prune_clips(policy, now, channels)
         orphans = self._remove_orphan_snapshots(now)
+        self._remove_orphan_clips(now)
         with self._lock:
             self._counters["prune_runs"] += 1
         return {**totals, "orphans": orphans, "early_acks": stale_acks}
@@ -675,7 +808,7 @@ class AlertStore:
                 self._durable.execute("BEGIN IMMEDIATE")
                 try:
                     rows = self._durable.execute(
-                        f"SELECT e.seq, e.snapshot, e.snapshot_bytes FROM events e"
+                        f"SELECT e.seq, e.snapshot, e.snapshot_bytes, e.clip, e.clip_bytes FROM events e"
                         f" WHERE e.seq IN (SELECT value FROM json_each(:batch)) AND {check}",
                         {**params, "batch": batch}).fetchall()
                     chosen = json.dumps([r[0] for r in rows])
@@ -692,6 +825,8 @@ class AlertStore:
                     raise
             # Row first (committed above), then file: a crash in between leaves an orphan file only.
             files = [(r[1], r[2]) for r in rows if r[1]]
+            if delete_rows:  # a deleted row's clip goes with it
+                self._remove_clip_files([(r[3], r[4]) for r in rows if r[3]])
             freed = self._remove_files(files)
             with self._lock:
                 if delete_rows:
