@@ -1,4 +1,5 @@
-"""Command line: `python -m service serve` (the HTTP service) and `python -m service analyze VIDEO`.
+"""Command line: `python -m service serve` (the HTTP service), `python -m service analyze VIDEO`
+and `python -m service watch [CAMERA]` (a running service's live messages).
 
 `analyze` runs a video through the same runtime, inference worker, tracker and fall rules as
 `POST /v1/videos` and prints the same NDJSON lines on stdout (frame lines, event lines, a final
@@ -93,6 +94,24 @@ def analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def watch(args: argparse.Namespace) -> int:
+    import os
+
+    from service.watch import watch as follow
+
+    key = args.key or os.environ.get("FALLDET_API_KEY", "")
+    if not key:
+        print("error: no API key: set FALLDET_API_KEY or pass --key", file=sys.stderr)
+        return 2
+    try:
+        return follow(args.url, key, args.camera, limit=args.count)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description="Real-time fall detection service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", help="source name in the results (default: the file's stem)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=analyze)
+
+    p = commands.add_parser("watch", help="print a running service's live messages (NDJSON) on stdout")
+    p.add_argument("camera", nargs="?", help="a camera id: its frame results and alerts (default: the "
+                                             "alerts of every camera)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: %(default)s)")
+    p.add_argument("--key", help="API key (default: FALLDET_API_KEY; prefer the variable: arguments "
+                                 "show in the process list)")
+    p.add_argument("--count", type=int, help="stop after this many messages")
+    p.set_defaults(run=watch)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,

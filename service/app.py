@@ -14,13 +14,16 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY
 from prometheus_client.registry import Collector
 
-from service import metrics
+from service import log_redact, metrics
 from service.api import alerts, detect, health, streams as streams_api, videos, web, ws
+from service.api import clips as clips_api, zones as zones_api
 from service.bus import EventBus
+from service.clips import ClipService
 from service.delivery import Delivery, DeliveryMetrics
 from service.pipeline import SourcePipeline
 from service.runtime import Runtime, runtime_from_settings
@@ -49,7 +52,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
         runtime = runtime or runtime_from_settings(settings)
         worker = InferenceWorker(runtime, settings.max_batch, settings.max_wait_ms)
     runtime = runtime or getattr(worker, "runtime", None)
-    store = store or AlertStore(settings.db, settings.snapshot_dir, settings.retention)
+    store = store or AlertStore(settings.db, settings.snapshot_dir, settings.retention, settings.clip_dir)
+    clip_days = settings.retention.clip_max_age_days
+    clips = ClipService(settings.clips, settings.clip_dir, store,
+                        upload_max_age_s=clip_days * 86400 if clip_days is not None else None)
     delivery = delivery or Delivery(settings, store)
     bus = bus or EventBus(store, delivery)
     if streams is None:
@@ -57,10 +63,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
             return SourcePipeline(source, settings.pipeline, live=True,
                                   detection_threshold=getattr(runtime, "score_threshold", None))
 
-        streams = StreamManager(settings, worker, bus, pipeline_factory)
+        streams = StreamManager(settings, worker, bus, pipeline_factory, clips=clips)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log_redact.install()  # here: after uvicorn has configured its loggers
         bus.bind_loop(asyncio.get_running_loop())
         collector = _register(DeliveryMetrics(store, delivery))
         worker.start()
@@ -72,6 +79,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
             yield
         finally:
             await asyncio.to_thread(streams.stop)  # publishes the cameras' last events first
+            await asyncio.to_thread(clips.stop)  # clips cut short by the stop are written
             await asyncio.to_thread(bus.close)  # a last try to store events the store refused; logs any lost
             await asyncio.to_thread(delivery.stop)
             await asyncio.to_thread(worker.stop)
@@ -80,8 +88,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
             bus.bind_loop(None)
             store.close()
 
-    app = FastAPI(title="falldet", version="0.1.0", lifespan=lifespan,
-                  description="Real-time fall detection over RTSP cameras, uploaded videos and images.")
+    # /docs loads Swagger UI from the installed fastapi-offline package, not from a CDN: the service
+    # often runs on a camera network with no internet. No /redoc: ReDoc still fetches its logo online.
+    app = FastAPIOffline(title="falldet", version="0.1.0", lifespan=lifespan, redoc_url=None,
+                         description="Real-time fall detection over RTSP cameras, uploaded videos and images.")
     app.state.settings = settings
     app.state.api_keys = resolve_api_keys(settings)
     app.state.runtime = runtime
@@ -90,8 +100,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
     app.state.delivery = delivery
     app.state.bus = bus
     app.state.streams = streams
+    app.state.clips = clips
 
-    for module in (health, metrics, detect, videos, streams_api, alerts, ws, web):
+    for module in (health, metrics, detect, videos, streams_api, zones_api, alerts, clips_api, ws, web):
         app.include_router(module.router)
     app.add_exception_handler(Exception, _internal_error)
     return app

@@ -47,21 +47,23 @@ def test_metrics_are_prometheus_text_without_a_redirect(tiny_client, auth):
 
 
 def test_websockets_need_a_key(tiny_client, auth):
+    # refusals come after the handshake, as a close the client can read (see test_live_server.py)
     with pytest.raises(WebSocketDisconnect) as refused:
-        with tiny_client.websocket_connect("/v1/events"):
-            pass
-    assert refused.value.code == 1008
-    with pytest.raises(WebSocketDisconnect):
-        with tiny_client.websocket_connect("/v1/events?api_key=wrong"):
-            pass
+        with tiny_client.websocket_connect("/v1/events") as ws:
+            ws.receive_json()
+    assert refused.value.code == 1008 and refused.value.reason.startswith("missing API key")
+    with pytest.raises(WebSocketDisconnect) as wrong:
+        with tiny_client.websocket_connect("/v1/events?api_key=wrong") as ws:
+            ws.receive_json()
+    assert (wrong.value.code, wrong.value.reason) == (1008, "invalid API key")
     with tiny_client.websocket_connect(f"/v1/events?api_key={API_KEY}"):
         pass
     with tiny_client.websocket_connect("/v1/events", headers=auth):
         pass
     with pytest.raises(WebSocketDisconnect) as unknown:
-        with tiny_client.websocket_connect("/v1/streams/nope/ws", headers=auth):
-            pass
-    assert unknown.value.code == 4404
+        with tiny_client.websocket_connect("/v1/streams/nope/ws", headers=auth) as ws:
+            ws.receive_json()
+    assert (unknown.value.code, unknown.value.reason) == (4404, "no stream 'nope'")
 
 
 def test_uploads_over_the_limit_are_413(make_client, tiny_model, auth):

@@ -5,10 +5,12 @@ with its own settings, fakes or temp folders and every route sees those, with no
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, WebSocketException, status
+from fastapi import Depends, HTTPException, Request, Security, WebSocket, WebSocketException, status
 from fastapi.security import APIKeyHeader, APIKeyQuery
 from starlette.datastructures import UploadFile
 from starlette.requests import HTTPConnection
@@ -23,6 +25,11 @@ from service.worker import InferenceWorker
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_QUERY = "api_key"
+# Browsers cannot set headers on a WebSocket, but they can offer subprotocols: the page offers
+# `falldet` and `falldet.key.<base64url of the key>`, so the key stays out of the URL (and out of
+# every access log and proxy log); the server answers with `falldet`.
+WS_SUBPROTOCOL = "falldet"
+WS_KEY_PREFIX = "falldet.key."
 
 _header_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                               description="One of FALLDET_API_KEYS (printed at start when unset)")
@@ -41,17 +48,51 @@ def _valid(conn: HTTPConnection, key: str | None) -> bool:
 def _refuse(conn: HTTPConnection, key: str | None) -> None:
     reason = "invalid API key" if key else f"missing API key (send the {API_KEY_HEADER} header)"
     if conn.scope["type"] == "websocket":
+        if not key:
+            reason = f"missing API key ({API_KEY_HEADER} header or {WS_KEY_PREFIX}<base64url> subprotocol)"
         raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=reason)
     raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=reason, headers={"WWW-Authenticate": "APIKey"})
 
 
 def require_api_key(conn: HTTPConnection, header: Annotated[str | None, Security(_header_scheme)] = None) -> str:
-    """The `X-API-Key` header (WebSockets may send `?api_key=` instead, browsers cannot set headers)."""
+    """The `X-API-Key` header (WebSockets use `require_ws_api_key`)."""
     key = header
     if key is None and conn.scope["type"] == "websocket":
-        key = conn.query_params.get(API_KEY_QUERY)
+        key = websocket_key(conn)
     if not _valid(conn, key):
         _refuse(conn, key)
+    return key  # type: ignore[return-value]
+
+
+def websocket_key(conn: HTTPConnection) -> str | None:
+    """A WebSocket's key: the header, else the `falldet.key.` subprotocol, else `?api_key=`."""
+    key = conn.headers.get(API_KEY_HEADER)
+    if key is not None:
+        return key
+    for offered in conn.scope.get("subprotocols") or ():
+        if offered.startswith(WS_KEY_PREFIX):
+            encoded = offered.removeprefix(WS_KEY_PREFIX)
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                return ""  # offered but unreadable: refused as an invalid key
+    return conn.query_params.get(API_KEY_QUERY)
+
+
+async def accept_websocket(websocket: WebSocket) -> None:
+    """Accept, naming our subprotocol when the client offered it (a browser that offered
+    subprotocols drops a connection whose answer names none)."""
+    offered = websocket.scope.get("subprotocols") or ()
+    await websocket.accept(subprotocol=WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None)
+
+
+async def require_ws_api_key(websocket: WebSocket) -> str:
+    """The key of a WebSocket, or a refusal the client can read: the handshake is accepted, then
+    closed with 1008 and the reason (a refused handshake reaches clients as a bare HTTP 403)."""
+    key = websocket_key(websocket)
+    if not _valid(websocket, key):
+        await accept_websocket(websocket)
+        _refuse(websocket, key)
     return key  # type: ignore[return-value]
 
 
@@ -90,6 +131,7 @@ def get_streams(conn: HTTPConnection) -> StreamManager:
 
 
 ApiKey = Annotated[str, Depends(require_api_key)]
+WsApiKey = Annotated[str, Depends(require_ws_api_key)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 WorkerDep = Annotated[InferenceWorker, Depends(get_worker)]

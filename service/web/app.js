@@ -1,10 +1,10 @@
 // Operator page of the fall-detection service: cameras with live boxes, fall alerts, timelines.
 // Plain script, no build step, no third-party code. Talks only to its own origin:
 //   GET  v1/streams, POST v1/streams, DELETE v1/streams/{id}      camera list and state (polled)
-//   WS   v1/streams/{id}/ws?api_key=                              frame results (boxes) + events
+//   WS   v1/streams/{id}/ws  (key as subprotocol falldet.key.*)    frame results (boxes) + events
 //   GET  v1/streams/{id}/preview.jpg                              latest processed picture (pulled)
 //   GET  v1/streams/{id}/timeline                                 action segments per person
-//   WS   v1/events?api_key=                                       events of all cameras
+//   WS   v1/events           (key as subprotocol falldet.key.*)    events of all cameras
 //   GET  v1/alerts, POST v1/alerts/{id}/ack, GET v1/alerts/{id}/snapshot.jpg
 // Every URL is relative to the page, so the page also works behind a path prefix.
 "use strict";
@@ -59,9 +59,19 @@
   }
 
   function wsUrl(path, params) {
-    const url = apiUrl(path, { ...params, api_key: state.key });
+    const url = apiUrl(path, params);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     return url.toString();
+  }
+
+  // The key travels as a WebSocket subprotocol (base64url), never in the URL: URLs end up in
+  // access logs, proxies and browser history. The server answers with "falldet".
+  function wsProtocols() {
+    const bytes = new TextEncoder().encode(state.key);
+    let bin = "";
+    for (const b of bytes) bin += String.fromCharCode(b);
+    const b64 = btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    return ["falldet", `falldet.key.${b64}`];
   }
 
   function errorText(body, status) {
@@ -137,7 +147,7 @@
       this.onState("connecting");
       let ws;
       try {
-        ws = new WebSocket(this.urlFn());
+        ws = new WebSocket(this.urlFn(), wsProtocols());
       } catch (err) {
         this._retry();
         return;
