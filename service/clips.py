@@ -624,15 +624,23 @@ class ClipService:
     """The app's clips: one writer, one shared memory budget, a SourceClips per live camera; clips
     of live cameras go to `folder/YYYYMMDD/<alert id>.mp4` and are linked in the alert store."""
 
-    def __init__(self, settings: ClipSettings, folder: Path, store: Any = None) -> None:
+    def __init__(self, settings: ClipSettings, folder: Path, store: Any = None,
+                 upload_max_age_s: float | None = 30 * 86400) -> None:
+        """`upload_max_age_s`: uploads' clips (`folder/uploads/`, no alert row) are deleted this
+        long after they were written (the store's retention covers the cameras' clips)."""
         self.settings = settings
         self.folder = Path(folder)
+        self.uploads = self.folder / "uploads"
         self.store = store
+        self.upload_max_age_s = upload_max_age_s
+        self._next_sweep = 0.0
         self.writer = ClipWriter(settings)
         self.budget = BufferBudget(int(settings.buffer_mb_total * 2**20))
         self._unlinked: dict[str, tuple[str, int, float]] = {}  # alert id -> (rel, bytes, since)
         self._lock = threading.Lock()
         self.writer.add_tick(self._retry_links)
+        self.writer.add_tick(self._sweep_uploads)
+        self._sweep_uploads(time.time(), temp_age_s=0.0)  # temp files of a previous run: dead writes
 
     @property
     def codec(self) -> str:
@@ -683,6 +691,21 @@ class ClipService:
             if linked or now - since > 3600:
                 with self._lock:
                     self._unlinked.pop(alert_id, None)
+
+    def _sweep_uploads(self, now: float, temp_age_s: float = 3600.0) -> None:
+        """Uploads' clips past `upload_max_age_s`, and temp files of writes that died (at most
+        every 10 minutes)."""
+        if now < self._next_sweep or not self.uploads.is_dir():
+            return
+        self._next_sweep = now + 600.0
+        for path in self.uploads.iterdir():
+            try:
+                age = now - path.stat().st_mtime
+                if (path.name.startswith(".") and path.name.endswith(".tmp") and age >= temp_age_s) or (
+                        path.suffix == ".mp4" and self.upload_max_age_s is not None and age > self.upload_max_age_s):
+                    path.unlink()
+            except OSError:
+                pass
 
     def start(self) -> None:
         self.writer.start()

@@ -15,6 +15,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.clips import ClipSettings
 from service.delivery.mqtt import MqttSettings
 from service.delivery.webhooks import WebhookSettings
 from service.pipeline import PipelineSettings
@@ -64,6 +65,10 @@ class Settings(BaseSettings):
     db: Path | None = Field(None, description="alert store SQLite file; default STATE_DIR/alerts.db")
     snapshot_dir: Path | None = Field(None, description="alert snapshots (JPEG); default "
                                                          "STATE_DIR/snapshots")
+    clip_dir: Path | None = Field(None, description="fall clips (MP4) of live cameras; default "
+                                                     "STATE_DIR/clips (uploads' clips: its uploads/ folder)")
+    clips: ClipSettings = Field(default_factory=ClipSettings, description="frame buffer and MP4 clip of "
+                                                                          "every fall (docs/alerts.md)")
     streams_file: Path | None = Field(None, description="registered cameras (JSON list of {id, url}), "
                                                          "restored at start; default "
                                                          "STATE_DIR/streams.json")
@@ -113,6 +118,8 @@ class Settings(BaseSettings):
             self.db = self.state_dir / "alerts.db"
         if self.snapshot_dir is None:
             self.snapshot_dir = self.state_dir / "snapshots"
+        if self.clip_dir is None:
+            self.clip_dir = self.state_dir / "clips"
         if self.streams_file is None:
             self.streams_file = self.state_dir / "streams.json"
         return self

@@ -45,6 +45,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from service.frames import Frame, FrameResult, Person
 from service.sources.rtsp import RateMeter, RtspReader, RtspSettings, mask_url, validate_stream_url
+from service.zones import Zone, ZoneError, parse_zones, zones_json
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,15 @@ def shard_of(stream_id: str, shard_count: int) -> int:
 class Stream:
     """One running camera: its reader, its per-source pipeline and its counters."""
 
-    def __init__(self, stream_id: str, url: str, manager: "StreamManager") -> None:
+    def __init__(self, stream_id: str, url: str, manager: "StreamManager", zones: list[Zone] | None = None) -> None:
         self.id = stream_id
         self.url = url
         self._manager = manager
         self.pipeline: Pipeline = manager.pipeline_factory(stream_id)
+        self.zones: list[Zone] = []
+        self.set_zones(zones or [])
+        clips = getattr(manager, "clips", None)
+        self.clips = clips.camera(stream_id) if clips is not None else None  # fall clips' frame buffer
         self.lock = threading.Lock()  # serialises pipeline.step / finish / timeline
         # held from before a step until its events are published, and by close() around finish():
         # a final event (fall_cleared, source_ended) can never be stored before the alert it clears.
@@ -161,6 +166,11 @@ class Stream:
         """Reader thread: hand the frame to the worker (never blocks; the worker drops stale frames)."""
         if self.closed:
             return
+        if self.clips is not None:
+            try:
+                self.clips.add_frame(frame)  # at most clips.fps a second: one JPEG encode each
+            except Exception:
+                log.exception("camera %s: buffering a frame for clips failed", self.id)
         try:
             future = self._manager.worker.submit(frame, live=True)
         except Exception as exc:  # a stopped worker: count it, keep the camera reading
@@ -190,6 +200,8 @@ class Stream:
                     result, events = self.pipeline.step(frame, persons, latency_ms, self.dropped)
                     self.frames_processed += 1
                     self._last_frame = frame  # a reference only: encoded if and when someone looks
+                    if self.clips is not None:  # boxes for clip frames; a fall_alert starts a clip
+                        self.clips.add_result(frame.pts_s, result.persons, events)
                 self._meter.tick()
                 FRAMES_PROCESSED.labels(self.id).inc()
                 LATENCY.observe(latency_ms / 1000.0)
@@ -242,7 +254,16 @@ class Stream:
                 "frames_processed": self.frames_processed, "frames_dropped": self.dropped,
                 "fps_in": reader["fps_in"], "fps_processed": round(self._meter.rate(), 2),
                 "width": reader["width"], "height": reader["height"],
-                "reconnects": reader["reconnects"], "retry_in_s": reader["retry_in_s"]}
+                "reconnects": reader["reconnects"], "retry_in_s": reader["retry_in_s"],
+                "zones": zones_json(self.zones),
+                "clip_buffer": self.clips.status() if self.clips is not None else None}
+
+    def set_zones(self, zones: list[Zone]) -> None:
+        """Apply zones to the running pipeline at once (next frame; no reconnect)."""
+        setter = getattr(self.pipeline, "set_zones", None)
+        if setter is not None:
+            setter(zones)
+        self.zones = list(zones)
 
     def close(self, timeout: float = 1.0) -> list:
         """Stop reading (waiting up to `timeout` s for the reader's threads), wait for a result still
@@ -261,6 +282,9 @@ class Stream:
                 events = []
         self._final_dropped = self.dropped
         self._last_frame = None
+        clips = getattr(self._manager, "clips", None)
+        if clips is not None:
+            clips.release(self.clips)  # open clips are closed with what they have
         with self._preview_lock:
             self._previews.clear()
         if forget is not None:
@@ -284,8 +308,10 @@ class StreamManager:
     """All cameras of this service (or of this pod's shard)."""
 
     def __init__(self, settings: Any, worker: Worker, bus: Bus,
-                 pipeline_factory: Callable[[str], Pipeline]) -> None:
+                 pipeline_factory: Callable[[str], Pipeline], clips: Any = None) -> None:
+        """`clips`: a `service.clips.ClipService` (a frame buffer per camera, a clip per fall), or None."""
         self.settings = settings
+        self.clips = clips
         self.worker = worker
         self.bus = bus
         self.pipeline_factory = pipeline_factory
@@ -323,7 +349,12 @@ class StreamManager:
                     self._foreign.append(entry)
                     continue
                 try:
-                    self._add(stream_id, url, persist=False)
+                    zones = parse_zones(entry.get("zones", []))
+                except ZoneError as exc:
+                    self._skip_entry(entry, stream_id, f"bad zones: {exc}")
+                    continue
+                try:
+                    self._add(stream_id, url, persist=False, zones=zones)
                 except StreamError as exc:
                     self._skip_entry(entry, stream_id, str(exc))
             SKIPPED.set(len(self._skipped))
@@ -388,6 +419,21 @@ class StreamManager:
     def list(self) -> list[dict]:
         return [stream.status() for stream in list(self._streams.values())]
 
+    def set_zones(self, stream_id: str, zones: list[Zone]) -> list[dict] | None:
+        """Replace a camera's zones: saved in the streams file and applied to the running camera at
+        once (its next frame), without a reconnect. None: unknown id."""
+        with self._lock:
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                return None
+            stream.set_zones(zones)
+            self._write_file()
+            return zones_json(stream.zones)
+
+    def zones(self, stream_id: str) -> list[dict] | None:
+        stream = self._streams.get(stream_id)
+        return zones_json(stream.zones) if stream is not None else None
+
     def timeline(self, stream_id: str) -> dict | None:
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -408,7 +454,7 @@ class StreamManager:
         return len(self._streams)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _add(self, stream_id: Any, url: Any, persist: bool) -> Stream:
+    def _add(self, stream_id: Any, url: Any, persist: bool, zones: list[Zone] | None = None) -> Stream:
         validate_stream_id(stream_id)
         try:
             validate_stream_url(url)
@@ -423,7 +469,7 @@ class StreamManager:
             raise StreamExists(f"the stream with id {stream_id!r} is still being removed; try again")
         if len(self._streams) >= self.max_streams:
             raise StreamLimit(f"stream limit reached: max_streams={self.max_streams}; remove one first")
-        stream = Stream(stream_id, url, self)
+        stream = Stream(stream_id, url, self, zones)
         self._streams[stream_id] = stream
         if persist:
             self._drop_skipped(stream_id)  # the new registration supersedes a skipped entry
@@ -474,7 +520,8 @@ class StreamManager:
         path = self.streams_file
         if path is None:
             return
-        entries = self._foreign + [{"id": s.id, "url": s.url} for s in self._streams.values()] + self._skipped
+        entries = self._foreign + [{"id": s.id, "url": s.url} | ({"zones": zones_json(s.zones)} if s.zones else {})
+                                   for s in self._streams.values()] + self._skipped
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,9 @@ class StreamStatus(BaseModel):
     height: int
     reconnects: int = 0
     retry_in_s: float | None = None
+    zones: list[dict] = Field(default_factory=list, description="bed and ignore zones (GET/PUT .../zones)")
+    clip_buffer: dict | None = Field(None, description="fall clips' frame buffer: seconds, frames, bytes, "
+                                     "capped (a memory cap keeps it shorter), recording; null: clips off")
 
 
 class StreamList(BaseModel):
