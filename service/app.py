@@ -22,9 +22,7 @@ from prometheus_client.registry import Collector
 from service import log_redact, metrics
 from service.api import alerts, detect, health, streams as streams_api, videos, web, ws
 from service.api import clips as clips_api, zones as zones_api
-from service.api import clips as clips_api, zones as zones_api
 from service.bus import EventBus
-from service.clips import ClipService
 from service.clips import ClipService
 from service.delivery import Delivery, DeliveryMetrics
 from service.pipeline import SourcePipeline
@@ -82,7 +80,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
         finally:
             await asyncio.to_thread(streams.stop)  # publishes the cameras' last events first
             await asyncio.to_thread(clips.stop)  # clips cut short by the stop are written
-            await asyncio.to_thread(clips.stop)  # clips cut short by the stop are written
             await asyncio.to_thread(bus.close)  # a last try to store events the store refused; logs any lost
             await asyncio.to_thread(delivery.stop)
             await asyncio.to_thread(worker.stop)
@@ -103,7 +100,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
     app.state.delivery = delivery
     app.state.bus = bus
     app.state.streams = streams
-    app.state.clips = clips
     app.state.clips = clips
 
     for module in (health, metrics, detect, videos, streams_api, zones_api, alerts, clips_api, ws, web):
