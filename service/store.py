@@ -509,7 +509,7 @@ class AlertStore:
         with self._lock:
             known = {r[0] for r in self._durable.execute("SELECT clip FROM events WHERE clip IS NOT NULL")}
         removed = 0
-        for path in self.clip_dir.glob("*/*.mp4"):
+        for path in self.clip_dir.glob("[0-9]*/*.mp4"):  # day folders (uploads/ is the clip service's)
             rel = path.relative_to(self.clip_dir).as_posix()
             try:
                 if rel not in known and path.stat().st_mtime < now - older_than_s:
@@ -524,7 +524,7 @@ class AlertStore:
         cutoff = time.time() - older_than_s
         if not self.clip_dir.is_dir():
             return
-        for tmp in self.clip_dir.glob("*/.*.tmp"):  # uploads' clips live elsewhere (their own folder)
+        for tmp in self.clip_dir.glob("[0-9]*/.*.tmp"):  # day folders (uploads/ is the clip service's)
             try:
                 if older_than_s <= 0 or tmp.stat().st_mtime < cutoff:
                     tmp.unlink()
