@@ -4,7 +4,8 @@ Pure: no clock, no threads, no I/O. Every time is a presentation time taken from
 given to `update`, so a test drives the rules with hand-made times and a replayed video gives the
 same events as the live camera did.
 
-One lifecycle per fall of a track (DESIGN.md):
+One lifecycle per fall of a track (docs/timeline.md); every event of it carries `fall_id`, the
+id of its `fall_alert`, so that the fall is one incident to receivers (acknowledged as one):
 - onset: the first frame of the track's smoothed `fall` segment (see `service/timeline.py`);
 - `fall_alert` once the fall segment has lasted `confirm_s`, on a frame where the track is
   detected (a coasting track, predicted but not detected, confirms nothing: its box would be
@@ -38,7 +39,7 @@ ClearReason = Literal["recovered", "track_lost", "source_ended"]
 
 @dataclass
 class Event:
-    """One message of a fall lifecycle (DESIGN.md); `id` is the same everywhere it goes."""
+    """One message of a fall lifecycle; `id` is the same everywhere it goes."""
 
     id: str  # uuid4 hex, made once; same id in store, REST, WS, MQTT, webhooks
     type: EventType
@@ -53,6 +54,7 @@ class Event:
     time_down_s: float  # pts_s - started_pts_s
     reason: str | None = None  # fall_cleared: "recovered" | "track_lost" | "source_ended"
     snapshot: bytes | None = None  # JPEG with the box drawn (always for fall_alert)
+    fall_id: str | None = None  # the id of this fall's `fall_alert`: one incident, acknowledged as one
 
     def to_json(self) -> dict:
         """The event line of the results contract: no bytes, `has_snapshot` instead."""
@@ -61,7 +63,7 @@ class Event:
                 "pts_s": round(self.pts_s, 4), "started_pts_s": round(self.started_pts_s, 4),
                 "at": round(self.at, 4), "box": [round(float(v), 1) for v in self.box],
                 "time_down_s": round(self.time_down_s, 4), "reason": self.reason,
-                "has_snapshot": self.snapshot is not None}
+                "has_snapshot": self.snapshot is not None, "fall_id": self.fall_id}
 
 
 @dataclass
@@ -196,11 +198,13 @@ class FallRules:
         event = Event(id=uuid.uuid4().hex, type="fall_cleared", source=self.source,
                       track_id=fall.track_id, frame=frame, started_frame=fall.onset_frame,
                       pts_s=pts_s, started_pts_s=fall.onset_s, at=at, box=box,
-                      time_down_s=pts_s - fall.onset_s, reason=reason)
+                      time_down_s=pts_s - fall.onset_s, reason=reason, fall_id=fall.alert_id)
         return [event]
 
     def _event(self, type_: EventType, status: TrackStatus, fall: FallRecord, frame: int,
                pts_s: float, at: float, box: tuple[float, float, float, float]) -> Event:
-        return Event(id=uuid.uuid4().hex, type=type_, source=self.source, track_id=status.track_id,
+        event_id = uuid.uuid4().hex
+        return Event(id=event_id, type=type_, source=self.source, track_id=status.track_id,
                      frame=frame, started_frame=fall.onset_frame, pts_s=pts_s,
-                     started_pts_s=fall.onset_s, at=at, box=tuple(box), time_down_s=pts_s - fall.onset_s)
+                     started_pts_s=fall.onset_s, at=at, box=tuple(box), time_down_s=pts_s - fall.onset_s,
+                     fall_id=fall.alert_id or event_id)

@@ -332,6 +332,9 @@ class AlertStore:
                             "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?, ack_sent = 1"
                             " WHERE id = ?", (early["acked_at"], early["acked_by"], early["ack_comment"], alert_id))
                         self._durable.execute("DELETE FROM early_acks WHERE id = ?", (alert_id,))
+                        self._spread_ack(self._row(alert_id))
+                    else:
+                        self._inherit_ack(alert_id)
                 self._durable.execute("COMMIT")
             except BaseException:
                 self._durable.execute("ROLLBACK")
@@ -577,18 +580,77 @@ class AlertStore:
 
     # ---------------------------------------------------------------- acknowledgement
     def ack(self, alert_id: str, by: str, comment: str | None) -> dict | None:
-        """Acknowledge once: a second ack returns the first one unchanged. None: unknown id."""
+        """Acknowledge once: a second ack returns the first one unchanged. None: unknown id.
+
+        The ack covers the whole incident (every event of the same fall, `_incident`): its other
+        events are acknowledged with it, and later ones arrive acknowledged (`_insert`). Only the
+        event named is shared with other pods; each pod spreads it over its own copy of the fall.
+        """
         if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
             return None
         with self._lock:
-            cur = self._durable.execute(
-                "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?, ack_sent = 0"
-                " WHERE id = ? AND acked_at IS NULL", (time.time(), by, comment, alert_id))
-            changed = cur.rowcount == 1
+            self._durable.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._durable.execute(
+                    "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?, ack_sent = 0"
+                    " WHERE id = ? AND acked_at IS NULL", (time.time(), by, comment, alert_id))
+                changed = cur.rowcount == 1
+                row = self._row(alert_id)
+                if row is not None:
+                    changed = self._spread_ack(row) or changed
+                self._durable.execute("COMMIT")
+            except BaseException:
+                self._durable.execute("ROLLBACK")
+                raise
             row = self._row(alert_id)
         if changed:
             self._changed()
         return self._alert(row) if row is not None else None
+
+    # An incident's events lie within its time down of each other; a margin for clock steps.
+    INCIDENT_MARGIN_S = 600.0
+
+    def _incident(self, row: sqlite3.Row) -> tuple[str, list]:
+        """SQL condition (and arguments) for the events of the same fall as `row`: the same
+        `fall_id` (the id of the fall's `fall_alert`); for events stored before `fall_id` existed,
+        the same run, camera, track and onset frame (this pod's events only)."""
+        body = json.loads(row["body"])
+        onset_at = float(row["at"]) - float(body.get("time_down_s") or 0.0) - self.INCIDENT_MARGIN_S
+        fall_id = body.get("fall_id")
+        if isinstance(fall_id, str) and fall_id:
+            return ("source = ? AND at >= ? AND (id = ? OR json_extract(body, '$.fall_id') = ?)",
+                    [row["source"], onset_at, fall_id, fall_id])
+        if row["run"] is not None and body.get("started_frame") is not None:
+            return ("source = ? AND at >= ? AND run = ? AND track_id IS ?"
+                    " AND json_extract(body, '$.started_frame') = ?",
+                    [row["source"], onset_at, row["run"], row["track_id"], body["started_frame"]])
+        return "id = ?", [row["id"]]
+
+    def _spread_ack(self, row: sqlite3.Row) -> bool:
+        """Give the other events of `row`'s fall its ack where they have none or a later one (the
+        earliest ack wins everywhere); inside the caller's transaction. True if any changed."""
+        if row["acked_at"] is None:
+            return False
+        where, args = self._incident(row)
+        cur = self._durable.execute(
+            "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?"
+            f" WHERE id != ? AND (acked_at IS NULL OR acked_at > ?) AND {where}",
+            (row["acked_at"], row["acked_by"], row["ack_comment"], row["id"], row["acked_at"], *args))
+        return cur.rowcount > 0
+
+    def _inherit_ack(self, alert_id: str) -> None:
+        """A new event of a fall already acknowledged arrives acknowledged (same ack, not re-shared)."""
+        row = self._row(alert_id)
+        if row is None or row["acked_at"] is not None:
+            return
+        where, args = self._incident(row)
+        acked = self._durable.execute(
+            f"SELECT acked_at, acked_by, ack_comment FROM events WHERE acked_at IS NOT NULL AND {where}"
+            " ORDER BY acked_at LIMIT 1", args).fetchone()
+        if acked is not None:
+            self._durable.execute(
+                "UPDATE events SET acked_at = ?, acked_by = ?, ack_comment = ?, ack_sent = 1 WHERE id = ?",
+                (acked["acked_at"], acked["acked_by"], acked["ack_comment"], alert_id))
 
     def apply_remote_ack(self, alert_id: str, by: str, at: float, comment: str | None) -> bool:
         """An ack made on another pod. The earliest ack wins everywhere, so all pods converge.
@@ -605,6 +667,7 @@ class AlertStore:
                 " WHERE id = ? AND (acked_at IS NULL OR acked_at > ?)",
                 (float(at), by, comment, alert_id, float(at)))
             if cur.rowcount == 1:
+                self._spread_ack(self._row(alert_id))  # the rest of that fall, on this pod too
                 return True
             if self._row(alert_id) is None:
                 self._durable.execute(

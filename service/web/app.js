@@ -617,10 +617,10 @@
 
   // ---------------------------------------------------------------- alerts
 
-  // One card per fallen person: fall_alert, still_down and fall_cleared of the same track and
-  // fall onset belong together.
+  // One card per fall: its events share `fall_id` (the fall_alert's id); events stored before
+  // fall_id existed are grouped by camera, track and fall onset.
   function groupKey(a) {
-    return `${a.source}\u0000${a.track_id}\u0000${a.started_frame ?? a.frame}`;
+    return a.fall_id || `${a.source}\u0000${a.track_id}\u0000${a.started_frame ?? a.frame}`;
   }
 
   function onEvent(a, fresh) {
@@ -735,15 +735,19 @@
     }
   }
 
+  // One POST acknowledges the whole fall (the service spreads it over the fall's other events and
+  // its later ones); the card's other events take the same ack.
   async function acknowledge(group) {
     const btn = $(".ack-btn", group.card);
     btn.disabled = true;
     try {
-      for (const e of group.events.filter((x) => ackable(x) && !x.acked)) {
-        const updated = await api(`v1/alerts/${enc(e.id)}/ack`, {
-          method: "POST", body: { by: state.operator || "operator", comment: null },
-        });
-        onEvent(updated && updated.id ? updated : { ...e, acked: true, ack: { by: state.operator || "operator", at: Date.now() / 1000 } }, false);
+      const head = groupHead(group);
+      const updated = await api(`v1/alerts/${enc(head.id)}/ack`, {
+        method: "POST", body: { by: state.operator || "operator", comment: null },
+      });
+      const ack = (updated && updated.ack) || { by: state.operator || "operator", at: Date.now() / 1000, comment: null };
+      for (const e of [...group.events]) {
+        onEvent(e.id === head.id && updated && updated.id ? updated : { ...e, acked: true, ack }, false);
       }
       showError($("#alerts-error"), "");
     } catch (err) {
