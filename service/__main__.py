@@ -76,12 +76,17 @@ def analyze(args: argparse.Namespace) -> int:
     worker = InferenceWorker(runtime, settings.max_batch, settings.max_wait_ms)
     worker.start()
     source = args.source or video.stem
+    writer = None
     out = sys.stdout
     try:
         with tqdm(total=info.frames or None, unit="frame", file=sys.stderr, disable=args.quiet,
                   desc=video.name) as progress:
             pipeline = SourcePipeline(source, settings.pipeline, live=False,
                                       detection_threshold=runtime.score_threshold)
+            if args.clips is not None:  # an MP4 per fall_alert in DIR; `clip` lines name them
+                from service.clips import file_clips
+
+                pipeline, writer = file_clips(pipeline, settings.clips, args.clips, source)
             for line in analyze_frames(iter_frames(video, source), worker, pipeline, video=info):
                 out.write(json.dumps(line, separators=(",", ":")) + "\n")
                 if line.get("type") == "frame":
@@ -91,6 +96,8 @@ def analyze(args: argparse.Namespace) -> int:
         return 0
     finally:
         worker.stop()
+        if writer is not None:
+            writer.stop()
     return 0
 
 
@@ -128,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="ONNX model (default: FALLDET_MODEL or models/fall-detector.onnx)")
     p.add_argument("--source", help="source name in the results (default: the file's stem)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--clips", type=Path, metavar="DIR", help="write an MP4 clip of every fall_alert into DIR "
+                   "(FALLDET_CLIPS__PRE_S before the onset to FALLDET_CLIPS__POST_S after the alert)")
     p.set_defaults(run=analyze)
 
     p = commands.add_parser("watch", help="print a running service's live messages (NDJSON) on stdout")

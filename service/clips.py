@@ -766,3 +766,20 @@ class _ClipLine:
         if self.job.written:
             out.update(self.url_for(self.job) if self.url_for else {"path": str(self.job.path)})
         return out
+
+
+def upload_clips(pipeline: Any, service: ClipService, source: str) -> ClippingPipeline:
+    """`POST /v1/videos?clips=true`: clips into `service.uploads`, named `<source>-<alert id>.mp4`
+    and served at `/v1/videos/clips/<name>` (`clip_url` in the `clip` lines)."""
+    clips = service.upload(source, service.uploads)
+    return ClippingPipeline(pipeline, clips, url_for=lambda job: {"clip_url": f"/v1/videos/clips/{job.path.name}"})
+
+
+def file_clips(pipeline: Any, settings: ClipSettings, folder: Path, source: str) -> tuple[ClippingPipeline, ClipWriter]:
+    """`python -m service analyze VIDEO --clips DIR`: clips into DIR as `<source>-<alert id>.mp4`
+    (`path` in the `clip` lines); the caller stops the returned writer at the end."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = ClipWriter(settings)
+    clips = SourceClips(source, settings, writer, lambda e: folder / f"{source}-{e.id}.mp4", live=False)
+    return ClippingPipeline(pipeline, clips, url_for=lambda job: {"path": str(job.path)}), writer

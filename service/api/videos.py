@@ -27,13 +27,14 @@ import time
 import uuid
 from typing import AsyncIterator, Callable
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter, Gauge
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.api.deps import SettingsDep, WorkerDep, limited_request, read_file_field, require_api_key
+from service.clips import upload_clips
 from service.pipeline import SourcePipeline
 from service.settings import Settings
 from service.sources.upload import CorruptVideoError, NotAVideoError, VideoInfo, analyze, iter_frames, probe_video
@@ -106,7 +107,10 @@ def video_slots(request: Request, settings: Settings) -> VideoSlots:
     401: {"description": "no valid API key"},
     413: {"description": "larger than FALLDET_MAX_UPLOAD_MB"}, 415: {"description": "not a video"},
     429: {"description": "FALLDET_MAX_CONCURRENT_VIDEOS analyses already running; see Retry-After"}})
-async def analyze_video(request: Request, settings: SettingsDep, worker: WorkerDep) -> StreamingResponse:
+async def analyze_video(request: Request, settings: SettingsDep, worker: WorkerDep,
+                        clips: bool = Query(False, description="write an MP4 clip of every fall_alert: "
+                                            "`clip` lines before the summary name them (clip_url)")
+                        ) -> StreamingResponse:
     """Every frame of the uploaded video through the detector, tracker and fall rules, as NDJSON."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
@@ -138,7 +142,8 @@ async def analyze_video(request: Request, settings: SettingsDep, worker: WorkerD
         stop = threading.Event()
         thread = threading.Thread(target=_produce, name=f"analyze-{source}", daemon=True,
                                   args=(upload, info, source, settings, worker, asyncio.get_running_loop(),
-                                        lines, room, stop, slots.release))
+                                        lines, room, stop, slots.release),
+                                  kwargs={"clips": getattr(request.app.state, "clips", None) if clips else None})
         thread.start()
         handed_over = True
     finally:
@@ -162,9 +167,10 @@ async def _lines(lines: asyncio.Queue, room: threading.Semaphore, stop: threadin
 
 def _produce(upload: UploadFile, info: VideoInfo, source: str, settings: Settings, worker: InferenceWorker,
              loop: asyncio.AbstractEventLoop, lines: asyncio.Queue, room: threading.Semaphore,
-             stop: threading.Event, done: Callable[[], None]) -> None:
+             stop: threading.Event, done: Callable[[], None], clips=None) -> None:
     """The analysis thread: decode, infer, step, serialise; owns and finally closes the upload file,
-    then calls `done` (frees the concurrency slot) before the end-of-stream marker."""
+    then calls `done` (frees the concurrency slot) before the end-of-stream marker. `clips`: the app's
+    ClipService when the client asked for clips (`?clips=true`)."""
     client_timeout = settings.video_client_timeout_s
     poll = min(0.5, client_timeout / 4)
 
@@ -188,6 +194,8 @@ def _produce(upload: UploadFile, info: VideoInfo, source: str, settings: Setting
     try:
         pipeline = SourcePipeline(source, settings.pipeline, live=False,
                                   detection_threshold=getattr(getattr(worker, "runtime", None), "score_threshold", None))
+        if clips is not None:  # a clip per fall_alert, `clip` lines at the end (service/clips.py)
+            pipeline = upload_clips(pipeline, clips, source)
         frames = iter_frames(upload.file, source, stop=stop.is_set)
         messages = analyze(frames, worker, pipeline, video=info)
         for message in messages:
@@ -214,6 +222,8 @@ def _produce(upload: UploadFile, info: VideoInfo, source: str, settings: Setting
             if messages is not None:
                 messages.close()  # now, not at garbage collection: decoder closed, in-flight frames cancelled
         finally:
+            if clips is not None and messages is not None:
+                pipeline.clips.close()  # a stopped analysis leaves no clip open in the writer
             upload.file.close()
             done()  # before the end marker: a client that read to the end may upload again at once
             try:
