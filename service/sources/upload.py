@@ -176,25 +176,34 @@ def analyze(frames: Iterable[Frame], worker: InferenceWorker, pipeline: StepPipe
     """The lines of a whole-video analysis, shared by `POST /v1/videos` and `python -m service analyze`.
 
     One `"type": "frame"` line per decoded frame, event lines as the fall rules raise them, and a
-    final `"type": "summary"` line. A decoding error part-way gives an `"type": "error"` line, then
-    the events that close open falls and the summary of what was decoded.
+    final `"type": "summary"` line (`complete`: every declared frame was decoded). A decoding error
+    part-way, or a file that ends before what its header declares (`"code": "ended_early"`), gives
+    an `"type": "error"` line, then the events that close open falls and the summary of what was
+    decoded.
     """
     started = time.perf_counter()
     count = 0
     error = None
+    last_pts: float | None = None
     try:
         for frame, persons in infer_in_order(worker, frames, window or 2 * worker.max_batch):
             latency_ms = (time.time() - frame.captured_at) * 1000.0
             result, events = pipeline.step(frame, persons, latency_ms, 0)
             count += 1
+            last_pts = frame.pts_s
             yield result.to_json()
             for event in events:
-                yield event.to_json()
+                yield _unstored(event)
     except CorruptVideoError as exc:
         error = exc.reason
         yield {"type": "error", "reason": exc.reason, "frames": count}
+    else:
+        early = ended_early(video, count, last_pts)
+        if early is not None:
+            error = early["reason"]
+            yield {"type": "error", "code": "ended_early", **early}
     for event in pipeline.finish():
-        yield event.to_json()
+        yield _unstored(event)
     summary = dict(pipeline.summary())
     summary.setdefault("type", "summary")
     summary.setdefault("frames", count)
@@ -206,4 +215,37 @@ def analyze(frames: Iterable[Frame], worker: InferenceWorker, pipeline: StepPipe
         summary.setdefault("video", video.to_json())
     if error is not None:
         summary.setdefault("error", error)
+    summary["complete"] = error is None  # every frame the file declares was decoded
     yield summary
+
+
+def _unstored(event) -> dict:  # noqa: ANN001 (service.events.Event)
+    """An event line of a whole-video analysis. Such events are not kept in the alert store, so
+    there is no snapshot to fetch (`GET /v1/alerts/{id}` does not know them): say so."""
+    line = event.to_json()
+    line["has_snapshot"] = False
+    return line
+
+
+def ended_early(video: VideoInfo | None, decoded: int, last_pts: float | None) -> dict | None:
+    """What says the file stopped before its end (a truncated or partly written file), or None.
+
+    The decoder ends quietly at a cut; the container's header still declares the whole video: its
+    frame count, else its duration. A few frames of slack cover edit lists and rounding.
+    """
+    if video is None or decoded == 0:
+        return None
+    if video.frames > 0:
+        if decoded >= video.frames - max(2, round(0.01 * video.frames)):
+            return None
+        reason = (f"the video ended early: {decoded} of the {video.frames} frames its header declares were "
+                  f"decoded (a truncated or partly written file?)")
+        return {"reason": reason, "frames": decoded, "declared_frames": video.frames}
+    if video.duration_s > 0 and last_pts is not None:
+        step = 1.0 / video.fps if video.fps > 0 else 0.04
+        if last_pts + step >= video.duration_s - max(1.0, 0.05 * video.duration_s):
+            return None
+        reason = (f"the video ended early: decoding stopped at {last_pts:.1f} s of the {video.duration_s:.1f} s "
+                  f"its header declares (a truncated or partly written file?)")
+        return {"reason": reason, "frames": decoded, "declared_duration_s": video.duration_s}
+    return None
