@@ -250,7 +250,8 @@ class Stream:
     def status(self) -> dict:
         reader = self.reader.status()
         return {"id": self.id, "url": reader["url"], "state": reader["state"],
-                "last_error": reader["last_error"], "frames_received": reader["frames_received"],
+                "last_error": reader["last_error"], "last_error_detail": reader.get("last_error_detail"),
+                "last_error_at": reader.get("last_error_at"), "frames_received": reader["frames_received"],
                 "frames_processed": self.frames_processed, "frames_dropped": self.dropped,
                 "fps_in": reader["fps_in"], "fps_processed": round(self._meter.rate(), 2),
                 "width": reader["width"], "height": reader["height"],

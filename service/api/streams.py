@@ -46,7 +46,10 @@ class StreamStatus(BaseModel):
     id: str
     url: str
     state: str
-    last_error: str | None
+    last_error: str | None = Field(description="why the camera is not live, in plain words (no answer, host "
+                                   "not found, refused, authentication failed, not RTSP...); null once live")
+    last_error_detail: str | None = Field(None, description="the underlying error text (password masked)")
+    last_error_at: float | None = Field(None, description="when last_error happened, unix seconds")
     frames_received: int
     frames_processed: int
     frames_dropped: int

@@ -19,11 +19,14 @@ Reconnects wait `min(backoff_max_s, backoff_initial_s * backoff_factor**n)`, sho
 `backoff_jitter` of itself at random so that cameras that dropped together do not retry in step;
 `n` is reset once a session has stayed up for `backoff_reset_s`. Two timeouts bound every blocking
 call: FFmpeg's `timeout` socket option (microseconds) and PyAV's interrupt callback
-(`timeout=(open, read)` seconds), so a frozen camera cannot hang the thread (ENVIRONMENT.md: without
-them it hangs forever; a killed server simply ends the stream, which is treated as a disconnect).
+(`timeout=(open, read)` seconds), so a frozen camera cannot hang the thread (without them it hangs
+forever; a killed server simply ends the stream, which is treated as a disconnect).
 
 URLs are limited to rtsp:// and rtsps:// (`validate_stream_url`, reused by the API) and passwords
-never leave this module unmasked (`mask_url`, `_describe`).
+never leave this module unmasked (`mask_url`, `_describe`). A failed open is put in plain words
+(`last_error`: no answer, host not found, refused, authentication failed, not RTSP...; see
+`camera_errors.py`) with FFmpeg's own text beside it (`last_error_detail`); both are cleared when
+the camera is live again.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.frames import Frame
+from service.sources.camera_errors import explain
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +197,8 @@ class RtspReader:
         self._meter = RateMeter()
         self._state = StreamState.STOPPED
         self._last_error: str | None = None
+        self._last_error_detail: str | None = None
+        self._last_error_at: float | None = None
         self._last_frame_at = 0.0  # monotonic time of the last frame (watchdog)
         self._retry_at = 0.0  # monotonic time of the next attempt while in backoff
         self.frames_received = 0
@@ -252,24 +258,27 @@ class RtspReader:
         with self._lock:
             retry_in = max(0.0, self._retry_at - time.monotonic()) if self._state == StreamState.BACKOFF else None
             return {"url": mask_url(self.url), "state": self._state.value, "last_error": self._last_error,
+                    "last_error_detail": self._last_error_detail, "last_error_at": self._last_error_at,
                     "frames_received": self.frames_received, "fps_in": round(self._meter.rate(), 2),
                     "width": self.width, "height": self.height, "reconnects": self.reconnects,
                     "retry_in_s": None if retry_in is None else round(retry_in, 2)}
 
     # -- state -------------------------------------------------------------------------------------
-    def _set_state(self, state: StreamState, error: str | None = None) -> None:
+    def _set_state(self, state: StreamState, error: str | None = None, detail: str | None = None) -> None:
         with self._lock:
             if self._stop.is_set() and state != StreamState.STOPPED:
                 return  # stop() wins over anything the reader thread still reports
             if error is not None:
-                self._last_error = error
+                self._last_error, self._last_error_detail, self._last_error_at = error, detail, time.time()
+            elif state == StreamState.LIVE:  # working again: an old error would only mislead
+                self._last_error = self._last_error_detail = self._last_error_at = None
             previous, self._state = self._state, state
             if state != StreamState.STOPPED:
                 for s in StreamState:
                     STATE.labels(self.source, s.value).set(1.0 if s == state else 0.0)
         if previous != state:
             log.info("camera %s: %s -> %s%s", self.source, previous.value, state.value,
-                     f" ({error})" if error else "")
+                     f" ({error}{'; ' + detail if detail else ''})" if error else "")
 
     def _watch(self) -> None:
         """Stall watchdog: a live camera with no frame for stall_timeout_s shows 'stalled'.
@@ -289,10 +298,12 @@ class RtspReader:
         while not self._stop.is_set():
             self._set_state(StreamState.CONNECTING)
             started = time.monotonic()
+            detail = None
             try:
                 error = self._session()
             except Exception as exc:  # any failure of a session is a state, never a dead thread
-                error = _describe(exc, self.url)
+                detail = _describe(exc, self.url)
+                error = explain(exc, self.url, detail, min(2.0, self.settings.open_timeout_s)).message
             if self._stop.is_set():
                 break
             if time.monotonic() - started >= self.settings.backoff_reset_s and self._session_frames:
@@ -304,7 +315,7 @@ class RtspReader:
                 self._retry_at = time.monotonic() + delay
                 if not self._stop.is_set():
                     RECONNECTS.labels(self.source).inc()
-            self._set_state(StreamState.BACKOFF, error)
+            self._set_state(StreamState.BACKOFF, error, detail)
             self._stop.wait(delay)
         self._set_state(StreamState.STOPPED)
 
