@@ -124,7 +124,8 @@ def replay(analysis: Analysis, settings: PipelineSettings, source: str = "replay
     pipeline = SourcePipeline(source, settings, live=False, detection_threshold=threshold)
     frames, events = [], []
     for fr in analysis.frames:
-        persons = [Person(box=tuple(p["box"]), score=float(p["score"]), class_id=ACTIONS.index(p["action"]))
+        persons = [Person(box=tuple(p["box"]), score=float(p["score"]), action=p["action"],
+                          class_id=ACTIONS.index(p["action"]) if p["action"] in ACTIONS else len(ACTIONS))
                    for p in fr.get("persons", [])]
         frame = Frame(source=source, index=int(fr["frame"]), pts_s=float(fr["pts_s"]),
                       captured_at=float(fr.get("captured_at", 0.0)), image=None)  # type: ignore[arg-type]

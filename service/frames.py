@@ -10,7 +10,9 @@ from typing import Literal
 
 import numpy as np
 
-ACTIONS: tuple[str, ...] = ("fall", "sit", "stand")  # index = model class id
+# The shipped models' classes (index = class id). A model's own `names` metadata wins: the runtime
+# names each Person; this order is only the default for code that has no model (tests, replays).
+ACTIONS: tuple[str, ...] = ("fall", "sit", "stand", "lie")
 SourceKind = Literal["live", "upload"]
 
 
@@ -33,14 +35,15 @@ class Person:
     score: float
     class_id: int
     track_id: int | None = None
+    action: str = ""  # the model's name of class_id (default: ACTIONS[class_id])
 
-    @property
-    def action(self) -> str:
-        return ACTIONS[self.class_id]
+    def __post_init__(self) -> None:
+        if not self.action:
+            self.action = ACTIONS[self.class_id]
 
     @property
     def fall(self) -> bool:
-        return self.class_id == 0
+        return self.action == "fall"
 
     def to_json(self) -> dict:
         return {"box": [round(float(v), 1) for v in self.box], "score": round(float(self.score), 4),

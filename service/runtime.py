@@ -195,5 +195,6 @@ class Runtime:
         for (x1, x2), (y1, y2), score, cls in zip(xs, ys, rows[:, 4], rows[:, 5]):
             class_id = int(cls)
             if 0 <= class_id < len(self.names):
-                persons.append(Person((float(x1), float(y1), float(x2), float(y2)), float(score), class_id))
+                persons.append(Person((float(x1), float(y1), float(x2), float(y2)), float(score), class_id,
+                                      action=self.names[class_id]))
         return persons

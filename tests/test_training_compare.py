@@ -43,7 +43,29 @@ def test_best_epoch_is_the_highest_map50_95_and_unvalidated_epochs_are_skipped(t
     assert s_base.best_epoch == 1  # a tie keeps the earlier epoch, as best.pt does (strictly greater replaces it)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = markdown_table([s_g, s_base]).splitlines()
-    assert table[2] == "| G | 4 | 3 | 0.2000 | 0.0800 | 0.2500 | 0.0700 | 2.00 |"
+    assert table[2] == "| G | 4 | 3 | - | 0.2000 | 0.0800 | 0.2500 | 0.0700 | 2.00 |"
+
+
+def test_multi_source_runs_pick_the_best_epoch_by_fitness_and_plot_each_source(tmp_path) -> None:
+    sources = ["care-home", "ip-cameras"]
+    folder = tmp_path / "mnv2"
+    folder.mkdir()
+    rows = []
+    for epoch, (m5095, fit) in enumerate([(0.10, 0.30), (0.20, 0.25), (0.15, 0.35)], 1):
+        r = row(epoch, m5095 + 0.2, m5095)
+        r["fitness"] = fit
+        r.update({f"{s}/{k}": 0.1 * epoch for s in sources for k in ("fall_AP50", "person_AP50", "fall_F1")})
+        rows.append(r)
+    with (folder / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=csv_fields(NAMES, sources), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    png = tmp_path / "sources.png"
+    (summary,) = compare([folder], png)
+    assert summary.best_epoch == 3 and summary.best_fitness == 0.35  # not epoch 2, the best mAP50-95
+    import matplotlib.image
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert height > width * 0.8  # a row of panels per source under the pooled row
 
 
 def test_runs_with_the_same_folder_name_keep_apart(tmp_path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CURVE_KEYS = ("mAP50", "mAP50_95")
+SOURCE_CURVES = ("fall_AP50", "person_AP50", "fall_F1")  # per val source, for multi-source runs
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,13 @@ class RunSummary:
 
     name: str
     epochs: int
-    best_epoch: int  # highest val mAP50-95 (earliest on a tie), the trainer's rule for best.pt
+    best_epoch: int  # highest fitness (multi-source) or val mAP50-95, earliest on a tie: the trainer's rule
     best_map50: float
     best_map50_95: float
     last_map50: float  # of the last validated epoch
     last_map50_95: float
     hours: float  # sum of epoch wall times
+    best_fitness: float | None = None  # multi-source runs: source_metrics.fitness of the best epoch
 
 
 def read_results(run: str | Path) -> list[dict[str, float]]:
@@ -47,38 +49,60 @@ def summarize(name: str, rows: list[dict[str, float]]) -> RunSummary:
     checked = validated(rows)
     if not checked:
         raise ValueError(f"{name}: no validated epoch yet")
-    best = max(checked, key=lambda r: (r["mAP50_95"], -r["epoch"]))
+    key = "fitness" if all("fitness" in r for r in checked) else "mAP50_95"
+    best = max(checked, key=lambda r: (r[key], -r["epoch"]))
     last = checked[-1]
     return RunSummary(name=name, epochs=int(rows[-1]["epoch"]), best_epoch=int(best["epoch"]),
                       best_map50=best["mAP50"], best_map50_95=best["mAP50_95"],
                       last_map50=last["mAP50"], last_map50_95=last["mAP50_95"],
-                      hours=sum(r.get("epoch_s", 0.0) for r in rows) / 3600)
+                      hours=sum(r.get("epoch_s", 0.0) for r in rows) / 3600,
+                      best_fitness=best.get("fitness"))
+
+
+def sources_of(rows: list[dict[str, float]]) -> list[str]:
+    """Val sources with per-source columns (`SOURCE/fall_AP50` ...), in column order."""
+    seen: list[str] = []
+    for k in rows[0]:
+        if "/" in k and k.split("/", 1)[0] not in seen:
+            seen.append(k.split("/", 1)[0])
+    return seen
 
 
 def markdown_table(summaries: list[RunSummary]) -> str:
-    lines = ["| run | epochs | best epoch | mAP50 | mAP50-95 | last mAP50 | last mAP50-95 | epoch hours |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {s.name} | {s.epochs} | {s.best_epoch} | {s.best_map50:.4f} | {s.best_map50_95:.4f} | "
+    lines = ["| run | epochs | best epoch | fitness | mAP50 | mAP50-95 | last mAP50 | last mAP50-95 | epoch hours |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fit = lambda s: "-" if s.best_fitness is None else f"{s.best_fitness:.4f}"  # noqa: E731
+    lines += [f"| {s.name} | {s.epochs} | {s.best_epoch} | {fit(s)} | {s.best_map50:.4f} | {s.best_map50_95:.4f} | "
               f"{s.last_map50:.4f} | {s.last_map50_95:.4f} | {s.hours:.2f} |" for s in summaries]
     return "\n".join(lines)
 
 
 def plot_runs(runs: dict[str, list[dict[str, float]]], path: str | Path) -> None:
-    """One panel per val metric, one line per run."""
+    """Pooled val metrics in the first row, one line per run; multi-source runs add a row per val source
+    (fall AP50, person AP50, fall F1 at the operating point)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(10, 3.8))
-    for ax, key in zip(axes, CURVE_KEYS):
+    sources = list(dict.fromkeys(s for rows in runs.values() for s in sources_of(rows)))
+    ncols = max(len(CURVE_KEYS), len(SOURCE_CURVES) if sources else 0)
+    fig, axes = plt.subplots(1 + len(sources), ncols, figsize=(4.2 * ncols, 3.4 * (1 + len(sources))), squeeze=False)
+    panels = [(0, j, key, f"val {key.replace('_', '-')}") for j, key in enumerate(CURVE_KEYS)]
+    panels += [(1 + i, j, f"{src}/{key}", f"{src}: {key.replace('_', ' ')}")
+               for i, src in enumerate(sources) for j, key in enumerate(SOURCE_CURVES)]
+    for row, col, key, title in panels:
+        ax = axes[row][col]
         for name, rows in runs.items():
-            checked = validated(rows)
-            ax.plot([r["epoch"] for r in checked], [r[key] for r in checked], marker="o", markersize=3, label=name)
-        ax.set_title(f"val {key.replace('_', '-')}")
+            pts = [(r["epoch"], r[key]) for r in validated(rows) if key in r]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    for j in range(len(CURVE_KEYS), ncols):
+        axes[0][j].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -17,8 +17,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.calibrate import operating_point
 from training.data.dataset import AugmentConfig, DetectionDataset, collate, load_data_yaml
 from training.evaluate import coco_map, confusion_matrix, plot_confusion, predict_dataset
+from training.source_metrics import fitness as source_fitness
+from training.source_metrics import source_metrics
 from training.loss import DetectionLoss
 from training.model import build_model
 from training.presets import ModelConfig, make_config
@@ -57,6 +60,9 @@ class TrainConfig:
     box_loss: str | None = None
     inner_ratio: float | None = None
     augment: bool = True  # False: letterbox only (memorization tests)
+    camera_aug: bool = False  # True: AugmentConfig.cameras() (grey, blur, fisheye, wider scale)
+    epoch_size: int = 0  # samples per epoch, drawn by source weight; 0 = the train split's size
+    pretrained: bool = True  # load a pretrained backbone's weights at the start (presets that have one)
     val_interval: int = 1  # validate every N epochs (and always after the last)
     amp: bool = True
     progress: bool = True
@@ -121,9 +127,20 @@ def lr_factor(epoch: float, cfg: TrainConfig) -> float:
     return (1 - epoch / cfg.epochs) * (1.0 - cfg.lrf) + cfg.lrf
 
 
-def csv_fields(names: list[str]) -> list[str]:
+SOURCE_COLUMNS = ("fall_AP50", "fall_AP50_95", "person_AP50", "person_AP50_95", "fall_F1")
+
+
+def csv_fields(names: list[str], sources: list[str] = ()) -> list[str]:
+    per_source = [f"{s}/{k}" for s in sources for k in SOURCE_COLUMNS]
     return ["epoch", "box", "cls", "dfl", "quality", "mAP50", "mAP50_95", *(f"AP50_95_{n}" for n in names),
-            "lr", "epoch_s", "train_img_s"]
+            *(["fitness", *per_source] if sources else []), "lr", "epoch_s", "train_img_s"]
+
+
+def warmup_accumulate(it: int, warmup_iters: int, nominal: int) -> int:
+    """Gradient accumulation during warm-up: from 1 batch per step up to the nominal count."""
+    if it >= warmup_iters:
+        return nominal
+    return max(1, round(1 + (nominal - 1) * it / warmup_iters))
 
 
 class Trainer:
@@ -135,24 +152,29 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         spec = load_data_yaml(cfg.data)
+        self.spec = spec
         self.names = spec.names
+        self.multi_source = len(spec.sources) > 1
         self.device = torch.device(cfg.device)
         self.mcfg = cfg.model_config(len(spec.names))
-        aug = AugmentConfig() if cfg.augment else None
-        self.train_ds = DetectionDataset(spec.train, spec.names, cfg.imgsz, aug, cfg.seed, cfg.workers, cfg.limit)
+        aug = (AugmentConfig.cameras() if cfg.camera_aug else AugmentConfig()) if cfg.augment else None
+        self.train_ds = DetectionDataset.from_spec(spec, "train", cfg.imgsz, aug, cfg.seed, cfg.workers, cfg.limit)
         if cfg.val_split == "train":
-            self.val_ds = DetectionDataset(spec.train, spec.names, cfg.imgsz, None, cfg.seed, cfg.workers, cfg.limit)
+            self.val_ds = DetectionDataset.from_spec(spec, "train", cfg.imgsz, None, cfg.seed, cfg.workers, cfg.limit)
         else:
-            self.val_ds = DetectionDataset(spec.val, spec.names, cfg.imgsz, None, cfg.seed, cfg.workers, cfg.val_limit)
+            self.val_ds = DetectionDataset.from_spec(spec, "val", cfg.imgsz, None, cfg.seed, cfg.workers,
+                                                     cfg.val_limit)
         # channels_last: 3-4x faster convolutions on CPU (oneDNN), also the fast path on CUDA
-        self.model = build_model(self.mcfg).to(self.device, memory_format=torch.channels_last)
-        self.loss_fn = DetectionLoss(self.mcfg)
+        self.model = build_model(self.mcfg, pretrained=cfg.pretrained and resume is None).to(
+            self.device, memory_format=torch.channels_last)
+        self.loss_fn = DetectionLoss(self.mcfg, allowed=torch.from_numpy(spec.space.allowed_matrix()))
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
         self.optimizer = build_optimizer(self.model, cfg, self.accumulate)
         self.ema = ModelEMA(self.model)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.start_epoch, self.best_fitness, self.history = 0, -1.0, []
+        self.last_step = -1  # iteration of the last optimizer step
         if resume is not None:
             self._load(resume)
 
@@ -162,6 +184,7 @@ class Trainer:
                 "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "best_fitness": self.best_fitness,
                 "model_config": asdict(self.mcfg), "train_config": asdict(self.cfg), "names": self.names,
+                "accumulate": self.accumulate, "last_step": self.last_step,
                 "metrics": metrics, "history": self.history,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
 
@@ -174,6 +197,7 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         self.best_fitness, self.history = ck["best_fitness"], ck["history"]
         self.start_epoch = ck["epoch"] + 1
+        self.last_step = ck.get("last_step", -1)
         torch.set_rng_state(ck["rng"]["torch"])
         np.random.set_state(ck["rng"]["numpy"])
         random.setstate(ck["rng"]["python"])
@@ -182,13 +206,19 @@ class Trainer:
     # ---- loops -------------------------------------------------------------------------------
     def train(self) -> dict:
         cfg = self.cfg
-        nb = math.ceil(len(self.train_ds) / cfg.batch)
+        n_samples = cfg.epoch_size or len(self.train_ds)
+        nb = math.ceil(n_samples / cfg.batch)
         warmup_iters = max(round(cfg.warmup_epochs * nb), 100) if cfg.warmup_epochs > 0 else 0
         metrics: dict = self.history[-1] if self.history else {}
         for epoch in range(self.start_epoch, cfg.epochs):
             self.train_ds.set_epoch(epoch, mosaic=epoch < cfg.epochs - cfg.close_mosaic)
             g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            loader = torch.utils.data.DataLoader(self.train_ds, batch_size=cfg.batch, shuffle=True, generator=g,
+            # one source: a plain shuffle; several: draws by source weight, so no source dominates
+            sampler = (torch.utils.data.WeightedRandomSampler(self.train_ds.sample_weights.tolist(), n_samples,
+                                                              replacement=True, generator=g)
+                       if self.multi_source or cfg.epoch_size else None)
+            loader = torch.utils.data.DataLoader(self.train_ds, batch_size=cfg.batch, shuffle=sampler is None,
+                                                 sampler=sampler, generator=None if sampler else g,
                                                  num_workers=cfg.workers, collate_fn=collate, drop_last=False,
                                                  persistent_workers=False, pin_memory=self.device.type == "cuda")
             self.model.train()
@@ -199,6 +229,7 @@ class Trainer:
             for i, batch in enumerate(bar):
                 it = i + nb * epoch
                 self._warmup(it, warmup_iters, epoch)
+                accumulate = warmup_accumulate(it, warmup_iters, self.accumulate)
                 imgs = batch["images"].to(self.device, non_blocking=True).float().div_(255.0)
                 imgs = imgs.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, enabled=self.use_amp):
@@ -208,7 +239,10 @@ class Trainer:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss at epoch {epoch} batch {i}: {terms}")
                 self.scaler.scale(loss).backward()
-                if (i + 1) % self.accumulate == 0 or i + 1 == nb:
+                # as the reference trainer: step once `accumulate` batches gathered since the last step;
+                # no forced step at an epoch's end (its leftover gradients are cleared at the next start)
+                if it - self.last_step >= accumulate:
+                    self.last_step = it
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
                     self.scaler.step(self.optimizer)
@@ -222,13 +256,16 @@ class Trainer:
             for gr in self.optimizer.param_groups:
                 gr["lr"] = gr["initial_lr"] * lr_factor(epoch + 1, cfg)
             row = {"epoch": epoch + 1, **{k: round(v / nb, 5) for k, v in sums.items()},
-                   "lr": round(self.optimizer.param_groups[0]["lr"], 6), "train_img_s": round(len(self.train_ds) / train_s, 2)}
+                   "lr": round(self.optimizer.param_groups[0]["lr"], 6), "train_img_s": round(n_samples / train_s, 2)}
             improved = False
             if (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs:
                 metrics = self.validate(progress=cfg.progress)
-                fitness = metrics["mAP50_95"]
-                row.update({"mAP50": metrics["mAP50"], "mAP50_95": fitness,
+                fitness = metrics.get("fitness", metrics["mAP50_95"])
+                row.update({"mAP50": metrics["mAP50"], "mAP50_95": metrics["mAP50_95"],
                             **{f"AP50_95_{n}": metrics["per_class"][n]["AP50_95"] for n in self.names}})
+                if self.multi_source:
+                    row["fitness"] = fitness
+                    row.update({f"{s}/{k}": m[k] for s, m in metrics["sources"].items() for k in SOURCE_COLUMNS})
                 improved = fitness > self.best_fitness
                 self.best_fitness = max(fitness, self.best_fitness)
             row["epoch_s"] = round(time.perf_counter() - t0, 1)
@@ -253,11 +290,12 @@ class Trainer:
 
     def validate(self, progress: bool = True) -> dict:
         dets = predict_dataset(self.ema.ema, self.val_ds, batch=32, device=str(self.device), progress=progress)
-        return coco_map(self.val_ds, dets)
+        return evaluate_detections(self.val_ds, dets, per_source=self.multi_source)
 
     def _write_csv(self) -> None:
+        sources = [s.name for s in self.spec.sources] if self.multi_source else []
         with open(self.out / "results.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=csv_fields(self.names), extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=csv_fields(self.names, sources), extrasaction="ignore")
             w.writeheader()
             w.writerows(self.history)
 
@@ -269,9 +307,22 @@ class Trainer:
             ck = torch.load(best, map_location=self.device, weights_only=False)
             self.ema.ema.load_state_dict(ck["ema"])
         dets = predict_dataset(self.ema.ema, self.val_ds, batch=32, device=str(self.device), progress=False)
-        final = coco_map(self.val_ds, dets)
+        final = evaluate_detections(self.val_ds, dets, per_source=self.multi_source)
         plot_confusion(confusion_matrix(self.val_ds, dets), self.names, self.out / "confusion_matrix.png")
         (self.out / "metrics.json").write_text(json.dumps({"best": final, "history": self.history}, indent=2))
+
+
+def evaluate_detections(ds: DetectionDataset, dets: list[np.ndarray], per_source: bool) -> dict:
+    """Pooled COCO mAP; with several sources also each source's figures at the operating point chosen
+    on the pooled split, and the fitness that picks best.pt (source_metrics.fitness)."""
+    metrics = coco_map(ds, dets)
+    if per_source:
+        op = operating_point(ds, dets)
+        threshold = op["score_threshold"] if op["score_threshold"] is not None else 0.25
+        metrics["operating_point"] = threshold
+        metrics["sources"] = source_metrics(ds, dets, threshold)
+        metrics["fitness"] = source_fitness(metrics["sources"])
+    return metrics
 
 
 def plot_curves(history: list[dict], path: Path) -> None:

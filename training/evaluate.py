@@ -50,19 +50,24 @@ def predict_dataset(model, ds: DetectionDataset, batch: int = 16, device: str = 
 def coco_map(ds: DetectionDataset, dets: list[np.ndarray]) -> dict:
     """mAP50 / mAP50-95 overall and per class with pycocotools."""
     names = ds.names
+    allowed = ds.space.allowed_matrix()
     gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(names)]}
     results = []
     for img_id, (s, img) in enumerate(zip(ds.samples, ds.images)):
         h, w = img.shape[:2]
         gt["images"].append({"id": img_id, "width": w, "height": h})
-        for c, (cx, cy, bw, bh) in zip(s.labels, s.boxes_xywhn):
+        for t, (cx, cy, bw, bh) in zip(s.labels, s.boxes_xywhn):
             x, y, ww, hh = (cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": img_id, "category_id": int(c),
-                                      "bbox": [x, y, ww, hh], "area": ww * hh, "iscrowd": 0})
+            # a coarse label is an ignore region of each class it allows; an ambiguous one, of every class
+            exact = ds.space.is_exact(int(t))
+            cats = [int(t)] if exact else [c for c in range(len(names)) if allowed[t, c] or not allowed[t].any()]
+            for c in cats:
+                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": img_id, "category_id": c,
+                                          "bbox": [x, y, ww, hh], "area": ww * hh, "iscrowd": int(not exact)})
         for x1, y1, x2, y2, score, c in dets[img_id]:
             results.append({"image_id": img_id, "category_id": int(c), "score": float(score),
                             "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]})
-    summary = {"images": len(ds), "boxes": len(gt["annotations"]), "detections": len(results)}
+    summary = {"images": len(ds), "boxes": sum(len(s.labels) for s in ds.samples), "detections": len(results)}
     if not results:
         return {**summary, "mAP50": 0.0, "mAP50_95": 0.0, "per_class": {n: {"AP50": 0.0, "AP50_95": 0.0} for n in names}}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -90,6 +95,7 @@ def confusion_matrix(ds: DetectionDataset, dets: list[np.ndarray], conf: float =
     for s, img, d in zip(ds.samples, ds.images, dets):
         d = d[d[:, 4] > conf]
         gt = xywhn_to_xyxy(s.boxes_xywhn, img.shape[1], img.shape[0])
+        exact = np.array([ds.space.is_exact(int(t)) for t in s.labels], bool)
         matched_gt, matched_det = set(), set()
         if len(gt) and len(d):
             ious = box_iou_pairwise(torch.from_numpy(gt).float(), torch.from_numpy(d[:, :4]).float()).numpy()
@@ -100,9 +106,10 @@ def confusion_matrix(ds: DetectionDataset, dets: list[np.ndarray], conf: float =
                     continue
                 matched_gt.add(g)
                 matched_det.add(k)
-                m[int(d[k, 5]), int(s.labels[g])] += 1
+                if exact[g]:  # a detection on a coarse or ambiguous box is neither right nor wrong here
+                    m[int(d[k, 5]), int(s.labels[g])] += 1
         for g in range(len(gt)):
-            if g not in matched_gt:
+            if g not in matched_gt and exact[g]:
                 m[nc, int(s.labels[g])] += 1
         for k in range(len(d)):
             if k not in matched_det:

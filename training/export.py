@@ -65,11 +65,13 @@ class ExportWrapper(nn.Module):
 
 def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: int = 300, score_threshold: float = 0.001,
                 iou_threshold: float = 0.7, metrics_json: str | None = None, opset: int = 17,
-                calibrate_data: str | Path | None = None) -> Path:
-    """Write the ONNX file; with `calibrate_data` (a data.yaml) also its operating point on that val split."""
+                calibrate_data: str | Path | None = None, calibrate: bool = False) -> Path:
+    """Write the ONNX file; with `calibrate` also its operating point on the val split of `calibrate_data`
+    (a data config; default: the one the checkpoint trained on)."""
     model, ck = load_checkpoint_model(weights, "cpu")
     tc = ck["train_config"]
     imgsz = imgsz or tc["imgsz"]
+    calibrate_data = calibrate_data or (tc.get("data") if calibrate else None)
     op = _operating_point(model, calibrate_data, ck["names"], imgsz, iou_threshold) if calibrate_data else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,15 +94,19 @@ def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: i
         else:
             d.dim_value = v
     metrics = json.loads(Path(metrics_json).read_text()) if metrics_json else ck.get("metrics", {})
-    protocol = {k: tc[k] for k in ("preset", "scale", "imgsz", "epochs", "batch", "lr0", "seed", "close_mosaic",
-                                   "warmup_epochs", "device") if k in tc}
+    protocol = {k: tc[k] for k in ("preset", "scale", "imgsz", "epochs", "batch", "nbs", "lr0", "seed", "close_mosaic",
+                                   "warmup_epochs", "epoch_size", "camera_aug", "device") if k in tc}
+    protocol["data"] = Path(tc.get("data", "")).name
+    accumulate = ck.get("accumulate", max(round(tc.get("nbs", 64) / tc["batch"]), 1))
     meta = {"names": json.dumps(ck["names"]), "imgsz": str(imgsz), "stride": str(model.stride), "max_det": str(max_det),
             "model_config": json.dumps(ck["model_config"]), "training_protocol": json.dumps(protocol),
-            "epochs_trained": str(ck["epoch"] + 1),
-            "metrics": json.dumps({k: metrics.get(k) for k in ("mAP50", "mAP50_95", "per_class") if k in metrics}),
-            "description": ("YOLO11 fall/sit/stand detector (SPDConv / Detect_LQE / Inner-CIoU switches in "
-                            "model_config). Input letterboxed RGB [0,1], pad 114. Output rows x1,y1,x2,y2,score,class "
-                            "in input pixels; score is quality-reweighted; class-aware NMS in the graph.")}
+            "epochs_trained": str(ck["epoch"] + 1), "nbs": str(tc.get("nbs", 64)), "accumulate": str(accumulate),
+            "metrics": json.dumps({k: metrics.get(k) for k in ("mAP50", "mAP50_95", "per_class", "fitness", "sources")
+                                   if k in metrics}),
+            "description": (f"YOLO11 person/action detector ({'/'.join(ck['names'])}; backbone, SPDConv, Detect_LQE "
+                            "and Inner-CIoU switches in model_config). Input letterboxed RGB [0,1], pad 114. Output "
+                            "rows x1,y1,x2,y2,score,class in input pixels; score is quality-reweighted; class-aware "
+                            "NMS in the graph.")}
     if op is not None:
         meta["operating_point"] = json.dumps(op)
     for k, v in meta.items():
@@ -113,7 +119,7 @@ def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: i
 
 
 def _operating_point(model: nn.Module, data_yaml: str | Path, names: list[str], imgsz: int, iou: float) -> dict:
-    """The F1 score threshold on the val split of `data_yaml` (training/calibrate.py says why)."""
+    """The F1 score threshold on the (pooled) val split of `data_yaml` (training/calibrate.py says why)."""
     from training.calibrate import operating_point
     from training.data.dataset import DetectionDataset, load_data_yaml
     from training.evaluate import predict_dataset
@@ -121,9 +127,9 @@ def _operating_point(model: nn.Module, data_yaml: str | Path, names: list[str], 
     spec = load_data_yaml(data_yaml)
     if spec.names != list(names):
         raise ValueError(f"{data_yaml} names {spec.names} differ from the checkpoint's {names}")
-    ds = DetectionDataset(spec.val, spec.names, imgsz, None)
+    ds = DetectionDataset.from_spec(spec, "val", imgsz, None)
     dets = predict_dataset(model.float().eval(), ds, iou=iou)
-    root = Path(data_yaml).resolve().parent  # named from the data folder down, no local path in the file
-    split = spec.val.resolve()
-    name = f"{root.name}/{split.relative_to(root)}" if split.is_relative_to(root) else split.name
+    # named from each data folder down, no local path in the file
+    name = " + ".join(f"{s.root.name}/{s.val.resolve().relative_to(s.root.resolve())}"
+                      if s.val.resolve().is_relative_to(s.root.resolve()) else s.val.name for s in spec.sources)
     return {**operating_point(ds, dets), "split": name}

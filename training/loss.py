@@ -52,11 +52,32 @@ def dfl_loss(dist: torch.Tensor, target_ltrb: torch.Tensor, reg_max: int) -> tor
     return loss.view(n, 4).mean(-1)
 
 
-class DetectionLoss:
-    """Callable: (HeadOutput, targets) -> (scalar loss for backward, dict of detached loss terms)."""
+def set_bce(logits: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Classification loss that says no more than a label did. [B,A,nc], [B,A,nc] bool, [B,A] -> [B,A].
 
-    def __init__(self, cfg: ModelConfig, gains: LossGains = LossGains()) -> None:
+    Classes outside the allowed set S learn 0 (per-class BCE). The set as a whole learns `target`
+    through p_S = 1 - prod_{c in S}(1 - p_c), "one of these classes is here", which leaves the
+    choice inside S to labels that make it. For |S| = 1 this is exactly the per-class BCE of that
+    class, so exact labels train as before; an empty S (background) is all-zero targets.
+    """
+    sp = F.softplus(logits)  # -log(1 - p_c)
+    outside = (sp * ~allowed).sum(-1)
+    u = (sp * allowed).sum(-1)  # -log(1 - p_S)
+    has_set = allowed.any(-1)
+    log_p_set = torch.log(-torch.expm1(-u.clamp(min=1e-7)))
+    inside = torch.where(has_set, -target * log_p_set + (1 - target) * u, torch.zeros_like(u))
+    return outside + inside
+
+
+class DetectionLoss:
+    """Callable: (HeadOutput, targets) -> (scalar loss for backward, dict of detached loss terms).
+
+    `allowed` [T, nc] bool maps each target id to the classes its label allows (sources.LabelSpace);
+    by default target ids are class ids (one-hot)."""
+
+    def __init__(self, cfg: ModelConfig, gains: LossGains = LossGains(), allowed: torch.Tensor | None = None) -> None:
         self.cfg, self.gains = cfg, gains
+        self.allowed = torch.eye(cfg.nc, dtype=torch.bool) if allowed is None else torch.as_tensor(allowed).bool()
 
     def __call__(self, out: HeadOutput, gt_labels: torch.Tensor, gt_boxes: torch.Tensor, gt_mask: torch.Tensor
                  ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -66,17 +87,20 @@ class DetectionLoss:
         anchors, strides = make_anchors(out.shapes, out.strides, out.cls.device, out.dist.dtype)
         pred_grid = decode_boxes(out.dist, anchors, reg_max)  # [B,A,4] grid units
         scores = out.scores()
+        gt_allowed = self.allowed.to(gt_labels.device)[gt_labels]  # [B,M,nc]
         asg: Assignment = task_aligned_assign(scores.detach().float(), (pred_grid.detach() * strides).float(),
-                                              anchors * strides, gt_labels, gt_boxes, gt_mask)
-        norm = asg.scores.sum().clamp(min=1.0)
-        fg = asg.fg.float()  # [B,A]
-        weight = asg.scores.sum(-1) * fg  # [B,A]
+                                              anchors * strides, gt_labels, gt_boxes, gt_mask, gt_allowed)
+        norm = asg.align.sum().clamp(min=1.0)
+        learn = asg.fg & ~asg.ignore  # [B,A] positives with a usable label
+        fg = learn.float()
+        weight = asg.align * fg  # [B,A]
 
-        loss_cls = F.binary_cross_entropy_with_logits(out.cls.float(), asg.scores, reduction="sum") / norm
+        lcls = set_bce(out.cls.float(), asg.allowed, asg.align)
+        loss_cls = (lcls * (~asg.ignore).float()).sum() / norm
 
         target_grid = asg.boxes / strides  # [B,A,4]
         # Padding anchors get a harmless dummy target (their own box) so no NaN leaks through the weights.
-        safe_target = torch.where(asg.fg.unsqueeze(-1), target_grid, pred_grid.detach())
+        safe_target = torch.where(learn.unsqueeze(-1), target_grid, pred_grid.detach())
         if self.cfg.box_loss == "inner_ciou":
             lbox = inner_ciou_loss(pred_grid, safe_target, self.cfg.inner_ratio)
         else:
@@ -85,8 +109,8 @@ class DetectionLoss:
 
         # DFL on the foreground anchors only (the weight is zero elsewhere): ~1% of the rows
         target_ltrb = bbox2dist(anchors.expand(b, -1, -1), safe_target, reg_max - 1)
-        ldfl = dfl_loss(out.dist[asg.fg].float(), target_ltrb[asg.fg], reg_max)
-        loss_dfl = (ldfl * weight[asg.fg]).sum() / norm
+        ldfl = dfl_loss(out.dist[learn].float(), target_ltrb[learn], reg_max)
+        loss_dfl = (ldfl * weight[learn]).sum() / norm
 
         terms = {"box": loss_box * self.gains.box, "cls": loss_cls * self.gains.cls, "dfl": loss_dfl * self.gains.dfl}
         if out.quality is not None:

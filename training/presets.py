@@ -1,10 +1,11 @@
-"""Typed presets for the paper's ablation (Table 3): baseline and A..G, as overrides of one config."""
+"""Typed presets: the paper's ablation (Table 3: baseline, A..G) and G on a pretrained backbone."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 BoxLoss = Literal["ciou", "inner_ciou"]
+Backbone = Literal["yolo11", "mobilenetv2"]
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,11 @@ class ModelConfig:
     box_loss: BoxLoss = "ciou"
     inner_ratio: float = 0.7  # Inner-IoU auxiliary box scale
     reg_max: int = 16
+    backbone: Backbone = "yolo11"  # mobilenetv2: ImageNet-pretrained features (spdconv then only in the neck)
 
     def __post_init__(self) -> None:
+        if self.backbone not in ("yolo11", "mobilenetv2"):
+            raise ValueError(f"backbone must be 'yolo11' or 'mobilenetv2', got {self.backbone!r}")
         if self.scale not in ("n", "s"):
             raise ValueError(f"scale must be 'n' or 's', got {self.scale!r}")
         if self.box_loss not in ("ciou", "inner_ciou"):
@@ -37,6 +41,9 @@ PRESETS: dict[str, dict] = {
     "E": {"spdconv": True, "box_loss": "inner_ciou"},
     "F": {"lqe": True, "box_loss": "inner_ciou"},
     "G": {"lqe": True, "spdconv": True, "box_loss": "inner_ciou"},
+    # Not in the paper: G's backbone-independent parts (SPDConv in the neck, Detect_LQE, Inner-CIoU)
+    # on an ImageNet-pretrained MobileNetV2, for cameras the training data never shows.
+    "G-mnv2": {"backbone": "mobilenetv2", "lqe": True, "spdconv": True, "box_loss": "inner_ciou"},
 }
 
 

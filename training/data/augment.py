@@ -122,3 +122,59 @@ def mosaic_then_affine(items, size: int, rng: np.random.Generator, scale: float,
     """Mosaic on a 2S canvas, then a random affine that crops it back to S around the centre."""
     canvas, boxes, labels = mosaic4(items, size, rng)
     return random_affine(canvas, boxes, labels, rng, size, scale, translate)
+
+
+def greyscale(img: np.ndarray) -> np.ndarray:
+    """Three equal channels, as an infrared night camera gives."""
+    g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return cv2.merge((g, g, g))
+
+
+def blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian blur (out of focus) or a short horizontal/vertical motion streak."""
+    k = int(rng.choice([3, 5, 7]))
+    if rng.random() < 0.5:
+        return cv2.GaussianBlur(img, (k, k), 0)
+    kernel = np.zeros((k, k), np.float32)
+    if rng.random() < 0.5:
+        kernel[k // 2, :] = 1.0 / k
+    else:
+        kernel[:, k // 2] = 1.0 / k
+    return cv2.filter2D(img, -1, kernel)
+
+
+def _fisheye_forward(pts: np.ndarray, k: float, cx: float, cy: float, f: float) -> np.ndarray:
+    """Undistorted points -> distorted (barrel) points: solve r_u = r_d (1 + k r_d^2) for r_d."""
+    d = (pts - (cx, cy)) / f
+    ru = np.linalg.norm(d, axis=1, keepdims=True)
+    rd = ru.copy()
+    for _ in range(20):  # fixed point; converges fast for the small k used here
+        rd = ru / (1 + k * rd ** 2)
+    scale = np.where(ru > 1e-9, rd / np.maximum(ru, 1e-9), 1.0)
+    return d * scale * f + (cx, cy)
+
+
+def fisheye(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+            k_range: tuple[float, float] = (0.1, 0.4)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Barrel distortion about the centre (ceiling fisheye cameras), boxes mapped through their edges."""
+    h, w = img.shape[:2]
+    k = float(rng.uniform(*k_range))
+    cx, cy, f = w / 2, h / 2, max(w, h) / 2
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = (xs - cx) / f, (ys - cy) / f
+    s = 1 + k * (dx * dx + dy * dy)  # each output pixel samples the input farther out
+    out = cv2.remap(img, (dx * s * f + cx).astype(np.float32), (dy * s * f + cy).astype(np.float32),
+                    cv2.INTER_LINEAR, borderValue=(PAD, PAD, PAD))
+    if len(boxes) == 0:
+        return out, boxes, labels
+    t = np.linspace(0, 1, 9, dtype=np.float32)
+    new = []
+    for x1, y1, x2, y2 in boxes:
+        xs_e, ys_e = x1 + (x2 - x1) * t, y1 + (y2 - y1) * t
+        edge = np.concatenate([np.stack([xs_e, np.full_like(t, y1)], 1), np.stack([xs_e, np.full_like(t, y2)], 1),
+                               np.stack([np.full_like(t, x1), ys_e], 1), np.stack([np.full_like(t, x2), ys_e], 1)])
+        p = _fisheye_forward(edge, k, cx, cy, f)
+        new.append([*p.min(0), *p.max(0)])
+    new = np.array(new, np.float32).clip(0, [w, h, w, h])
+    keep = box_candidates(boxes, new)
+    return out, new[keep], labels[keep]

@@ -13,40 +13,36 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import Dataset
 
 from training.boxes import xywhn_to_xyxy
 from training.data import augment as A
+from training.data.sources import DROP, DataSpec, LabelSpace, Source, load_data_config
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-@dataclass
-class DataSpec:
-    """What a data.yaml says: split image folders and class names."""
-
-    train: Path
-    val: Path
-    names: list[str]
-
-
 def load_data_yaml(path: str | Path) -> DataSpec:
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text())
-    root = (path.parent / doc.get("path", ".")).resolve()
-    names = doc["names"]
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
-    return DataSpec(root / doc["train"], root / doc["val"], list(names))
+    """A data.yaml, or a multi-source data config (see training/data/sources.py)."""
+    return load_data_config(path)
 
 
 @dataclass
 class Sample:
     image: Path
-    labels: np.ndarray  # [n] int64
+    labels: np.ndarray  # [n] int64 target ids (= class ids for exact labels; see sources.LabelSpace)
     boxes_xywhn: np.ndarray  # [n,4] float32 normalized centre/size
+    source: str = ""
+    source_labels: np.ndarray | None = None  # [n] the source's own label ids (per-source evaluation)
+
+
+@dataclass(frozen=True)
+class SplitPart:
+    """One source's images of a split."""
+
+    source: Source
+    images_dir: Path
 
 
 @dataclass
@@ -91,15 +87,23 @@ def parse_label_file(path: Path, nc: int) -> tuple[np.ndarray, np.ndarray, list[
     return (np.array(labels, np.int64), np.array(boxes, np.float32).reshape(-1, 4), problems)
 
 
-def scan_split(images_dir: Path, nc: int) -> ScanReport:
-    """List images and their labels; bad label lines are reported and skipped (images checked at load)."""
+def scan_split(images_dir: Path, nc: int, source: Source | None = None) -> ScanReport:
+    """List images and their labels; bad label lines are reported and skipped (images checked at load).
+
+    With a `source`, label ids are the source's own (nc = its label count) and become targets
+    through its map; boxes of labels mapped nowhere are left out.
+    """
     report = ScanReport()
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} does not exist")
+    to_target = np.asarray(source.to_target if source else range(nc), np.int64)
     for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
-        labels, boxes, problems = parse_label_file(label_path(img), nc)
+        src_labels, boxes, problems = parse_label_file(label_path(img), nc)
         report.problems += problems
-        report.samples.append(Sample(img, labels, boxes))
+        targets = to_target[src_labels]
+        keep = targets != DROP
+        report.samples.append(Sample(img, targets[keep], boxes[keep], source.name if source else "",
+                                     src_labels[keep]))
     return report
 
 
@@ -122,22 +126,48 @@ class AugmentConfig:
     hsv_s: float = 0.7
     hsv_v: float = 0.4
     fliplr: float = 0.5
+    # For cameras the data shows little of (chosen from val measurements, docs/training.md): all 0
+    # keeps the paper's recipe for the ablation presets.
+    greyscale: float = 0.0  # probability of an infrared-like grey image
+    blur: float = 0.0  # probability of a Gaussian or motion blur
+    fisheye: float = 0.0  # probability of a barrel distortion (ceiling fisheye cameras)
+
+    @classmethod
+    def cameras(cls) -> "AugmentConfig":
+        """The recipe for the multi-source product model: more scale range for small far-away people,
+        grey, blur and fisheye."""
+        return cls(scale=0.6, greyscale=0.1, blur=0.1, fisheye=0.1)
 
 
 class DetectionDataset(Dataset):
     """Images cached in RAM at training size; augmentation is deterministic per (seed, epoch, index)."""
 
-    def __init__(self, images_dir: Path, names: list[str], imgsz: int, augment: AugmentConfig | None,
-                 seed: int = 0, workers: int = 2, limit: int = 0, only: Collection[Path] | None = None) -> None:
-        """`only`: keep just these image files of the split (one part of it, e.g. one data source)."""
-        self.imgsz, self.aug, self.seed, self.names = imgsz, augment, seed, names
+    def __init__(self, images_dir: Path | list[SplitPart], names: list[str], imgsz: int,
+                 augment: AugmentConfig | None, seed: int = 0, workers: int = 2, limit: int = 0,
+                 only: Collection[Path] | None = None, space: LabelSpace | None = None) -> None:
+        """`images_dir`: one folder whose labels are `names`, or several sources' parts (`from_spec`).
+
+        `limit`: the first N images of each part; `only`: keep just these image files (one part of a
+        split, e.g. one data source)."""
+        self.imgsz, self.aug, self.seed, self.names = imgsz, augment, seed, list(names)
+        self.space = space or LabelSpace.exact(names)
         self.epoch = 0
         self.mosaic_on = augment is not None and augment.mosaic > 0
-        report = scan_split(Path(images_dir), len(names))
+        if isinstance(images_dir, (str, Path)):
+            folder = Path(images_dir)
+            src = Source(folder.parent.name, folder.parent, folder, folder, tuple(names), tuple(range(len(names))))
+            parts = [SplitPart(src, folder)]
+        else:
+            parts = list(images_dir)
         keep = None if only is None else set(only)
-        samples = report.samples if keep is None else [s for s in report.samples if s.image in keep]
-        samples = samples[:limit] if limit else samples
-        self.problems = list(report.problems)
+        samples: list[Sample] = []
+        self.problems = []
+        self.sources = {p.source.name: p.source for p in parts}
+        for part in parts:
+            report = scan_split(part.images_dir, len(part.source.label_names), part.source)
+            got = report.samples if keep is None else [s for s in report.samples if s.image in keep]
+            samples += got[:limit] if limit else got
+            self.problems += report.problems
         with ThreadPoolExecutor(max(workers, 1)) as pool:
             images = list(pool.map(lambda s: _load_resized(s.image, imgsz), samples))
         self.samples, self.images, self.shapes = [], [], []
@@ -149,6 +179,28 @@ class DetectionDataset(Dataset):
             self.images.append(img)
         for p in self.problems:
             log.warning("dataset: %s", p)
+        self.sample_weights = self._source_balanced_weights()
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, split: str, imgsz: int, augment: AugmentConfig | None, seed: int = 0,
+                  workers: int = 2, limit: int = 0, sources: Collection[str] | None = None) -> "DetectionDataset":
+        """A split of every source of a data config (or of the named `sources`)."""
+        chosen = [s for s in spec.sources if sources is None or s.name in sources]
+        if sources is not None and len(chosen) != len(set(sources)):
+            raise ValueError(f"unknown sources {sorted(set(sources) - {s.name for s in spec.sources})}")
+        parts = [SplitPart(s, s.split_dir(split)) for s in chosen]
+        return cls(parts, spec.names, imgsz, augment, seed, workers, limit, space=spec.space)
+
+    def _source_balanced_weights(self) -> np.ndarray:
+        """Per-sample probability so each source gets its weight's share, whatever its size."""
+        counts: dict[str, int] = {}
+        for s in self.samples:
+            counts[s.source] = counts.get(s.source, 0) + 1
+        w = np.array([self.sources[s.source].weight / counts[s.source] for s in self.samples], np.float64)
+        return w / w.sum() if len(w) else w
+
+    def source_indices(self, name: str) -> list[int]:
+        return [i for i, s in enumerate(self.samples) if s.source == name]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -171,14 +223,20 @@ class DetectionDataset(Dataset):
             boxes = boxes * r + np.array([left, top, left, top], np.float32)
         else:
             if self.mosaic_on and rng.random() < self.aug.mosaic:
-                idx = [i, *rng.integers(0, len(self), 3)]
+                idx = [i, *rng.choice(len(self), 3, p=self.sample_weights)]  # partners as sampled
                 img, boxes, labels = A.mosaic_then_affine([self.raw(j) for j in idx], self.imgsz, rng,
                                                           self.aug.scale, self.aug.translate)
             else:
                 img, boxes, labels = self.raw(i)
                 img, boxes, labels = A.random_affine(img, boxes, labels, rng, self.imgsz, self.aug.scale,
                                                      self.aug.translate)
+            if self.aug.fisheye and rng.random() < self.aug.fisheye:
+                img, boxes, labels = A.fisheye(img, boxes, labels, rng)
             img = A.hsv_jitter(img, rng, self.aug.hsv_h, self.aug.hsv_s, self.aug.hsv_v)
+            if self.aug.greyscale and rng.random() < self.aug.greyscale:
+                img = A.greyscale(img)
+            if self.aug.blur and rng.random() < self.aug.blur:
+                img = A.blur(img, rng)
             if rng.random() < self.aug.fliplr:
                 img, boxes = A.hflip(img, boxes)
         chw = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))  # BGR -> RGB, CHW uint8
