@@ -390,7 +390,10 @@ class _Encoder:
         stream.time_base = TIME_BASE
         stream.codec_context.time_base = TIME_BASE
         if self.codec == "libx264":
-            stream.options = {"crf": str(self.settings.crf), "preset": "veryfast"}
+            # one encoder thread (it inherits the writer's lowered priority) and a short lookahead:
+            # a clip costs at most about one core and a few MiB, however many cameras there are
+            stream.options = {"crf": str(self.settings.crf), "preset": "veryfast", "threads": "1",
+                              "rc-lookahead": "10"}
         else:
             stream.bit_rate = 2_000_000
         self.stream = stream
