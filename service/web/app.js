@@ -263,12 +263,8 @@
       const st = status.state || "connecting";
       this.el.dataset.state = st;
       $(".state-badge", this.el).textContent = STATE_LABELS[st] || st;
-      const latency = this.latest ? ` · ${num(this.latest.latency_ms, 0)} ms` : "";
-      $(".stats", this.el).textContent =
-        `${num(status.fps_processed)}/${num(status.fps_in)} fps · dropped ${status.frames_dropped ?? 0}${latency}`;
-      $(".stats", this.el).title = `frames received ${status.frames_received ?? "?"}, processed ` +
-        `${status.frames_processed ?? "?"}, dropped ${status.frames_dropped ?? "?"}` +
-        (status.width ? `, ${status.width}x${status.height}` : "") + (status.url ? `\n${status.url}` : "");
+      $(".stats", this.el).textContent = statsText(status, this.latest);
+      $(".stats", this.el).title = statsExplained(status, this.latest);
       const err = st === "live" ? "" : (status.last_error || "");
       $(".last-error", this.el).textContent = err;
     }
@@ -408,6 +404,30 @@
       if (this.image && this.image.close) this.image.close();
       this.el.remove();
     }
+  }
+
+  // "analysing 7.5 of 29.0 fps · 0.27 s behind live": the detector keeps up with what it can and
+  // skips the other frames on purpose, so the picture and the alerts stay live; a skip count that
+  // keeps growing is how that looks, not a fault (it is in the tooltip, with the rest).
+  function statsText(status, latest) {
+    if (status.state !== "live" && !status.fps_processed) return "";
+    const behind = latest && typeof latest.latency_ms === "number" ? ` · ${num(latest.latency_ms / 1000, 2)} s behind live` : "";
+    return `analysing ${num(status.fps_processed)} of ${num(status.fps_in)} fps${behind}`;
+  }
+
+  function statsExplained(status, latest) {
+    const lines = [
+      `The camera sends ${num(status.fps_in)} frames per second; the detector analyses ${num(status.fps_processed)} of them.`,
+      "The others are skipped on purpose, so that the picture and the alerts stay live instead of falling behind.",
+      `So far: ${status.frames_received ?? "?"} frames received, ${status.frames_processed ?? "?"} analysed, ` +
+        `${status.frames_dropped ?? "?"} skipped.`,
+    ];
+    if (latest && typeof latest.latency_ms === "number") {
+      lines.push(`Behind live: ${num(latest.latency_ms, 0)} ms from capture to result.`);
+    }
+    if (status.width) lines.push(`Picture: ${status.width}x${status.height}.`);
+    if (status.url) lines.push(status.url);
+    return lines.join("\n");
   }
 
   function drawPerson(ctx, p, sx, sy, unit) {
@@ -653,6 +673,17 @@
   }
 
   const ackable = (e) => e.type !== "fall_cleared";
+
+  // How a fall ended, in words a carer can act on. Only `recovered` means the person got up: a lost
+  // track (they left the view, or the tracker lost them on the floor) or an ended camera says
+  // nothing about them, so it must not read as "up again" and asks someone to check.
+  const FALL_ENDINGS = {
+    recovered: { type: "fall_cleared", title: "Fall (up again)", life: (d) => `up again after ${d}` },
+    track_lost: { type: "fall_unresolved", title: "FALL · OUT OF VIEW", life: (d) => `lost from view after ${d} down: not seen getting up, check on them` },
+    source_ended: { type: "fall_unresolved", title: "FALL · CAMERA STOPPED", life: (d) => `the camera stopped after ${d} down: not seen getting up, check on them` },
+    unknown: { type: "fall_unresolved", title: "FALL · ENDED", life: (d) => `no longer tracked after ${d} down: check on them` },
+  };
+  const recovered = (e) => e.type === "fall_cleared" && e.reason === "recovered";
   const groupAcked = (g) => g.events.filter(ackable).every((e) => e.acked);
 
   function renderGroup(group) {
@@ -670,16 +701,17 @@
     const cleared = events.find((e) => e.type === "fall_cleared");
     const stillDown = events.filter((e) => e.type === "still_down");
     const acked = groupAcked(group);
+    const ending = cleared ? FALL_ENDINGS[cleared.reason] || FALL_ENDINGS.unknown : null;
     card.dataset.alertId = head.id;
-    card.dataset.type = cleared ? "fall_cleared" : stillDown.length ? "still_down" : head.type;
+    card.dataset.type = cleared ? ending.type : stillDown.length ? "still_down" : head.type;
     card.classList.toggle("acked", acked);
-    $(".alert-type", card).textContent = cleared ? "Fall (up again)" : stillDown.length ? "STILL DOWN" : head.type === "fall_alert" ? "FALL" : head.type;
+    $(".alert-type", card).textContent = cleared ? ending.title : stillDown.length ? "STILL DOWN" : head.type === "fall_alert" ? "FALL" : head.type;
     $(".alert-camera", card).textContent = head.source;
     $(".alert-track", card).textContent = head.track_id !== undefined && head.track_id !== null ? `person #${head.track_id}` : "";
     $(".alert-time", card).textContent = dateTime(head.at) + (head.frame !== undefined ? ` · frame ${head.frame}` : "");
     let life = "";
     if (cleared) {
-      life = `up again after ${duration(cleared.time_down_s)}${cleared.reason && cleared.reason !== "recovered" ? ` (${cleared.reason.replace("_", " ")})` : ""}`;
+      life = ending.life(duration(cleared.time_down_s));
     } else if (stillDown.length) {
       life = `still down after ${duration(stillDown[stillDown.length - 1].time_down_s)}`;
     } else if (typeof head.time_down_s === "number") {
@@ -774,7 +806,7 @@
     document.body.classList.toggle("alarm", !$("#fall-banner").hidden);
   }
 
-  // At first load: the newest fall that is unacknowledged, not over (no fall_cleared) and recent
+  // At first load: the newest fall that is unacknowledged, not over (nobody seen getting up) and recent
   // rings, so an operator who opens the page while someone is down is told at once.
   let rangAtLoad = false;
   function ringOpenFall() {
@@ -783,7 +815,7 @@
     const now = Date.now() / 1000;
     let newest = null;
     for (const g of state.groups.values()) {
-      if (groupAcked(g) || g.events.some((e) => e.type === "fall_cleared")) continue;
+      if (groupAcked(g) || g.events.some(recovered)) continue;
       if (now - groupLatest(g) > RING_HISTORY_S) continue;
       if (!newest || groupLatest(g) > groupLatest(newest)) newest = g;
     }
