@@ -211,7 +211,7 @@ class SourcePipeline:
         return by_track
 
     def summary(self) -> dict:
-        """The `{"type": "summary"}` line: per track its segments and falls (DESIGN.md)."""
+        """The `{"type": "summary"}` line: per track its segments and falls (docs/timeline.md)."""
         with self._lock:
             falls = self._falls_by_track()
             tracks = []

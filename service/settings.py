@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FALLDET_", env_nested_delimiter="__", extra="ignore",
                                       validate_default=True)
 
-    model: Path = Field(DEFAULT_MODEL, description="ONNX detector to load (contract in DESIGN.md)")
+    model: Path = Field(DEFAULT_MODEL, description="ONNX detector to load (contract: docs/service.md, \"The model file\")")
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="onnxruntime execution providers in order of preference, comma-separated; "

@@ -68,7 +68,7 @@ class Segment:
         return sum(self.counts.values())
 
     def to_json(self) -> dict:
-        """The segment shape of DESIGN.md's summary line, plus evidence for the reader."""
+        """The segment shape of the summary line (docs/timeline.md), plus evidence for the reader."""
         observed = self.observed
         agree = self.counts[self.action]
         return {"action": self.action, "start_frame": self.start.frame, "end_frame": self.end.frame,

@@ -26,7 +26,7 @@ class Ack(BaseModel):
 
 
 class Alert(BaseModel):
-    """An event of a fall lifecycle as stored (DESIGN.md), with its acknowledgement."""
+    """An event of a fall lifecycle as stored (docs/alerts.md), with its acknowledgement."""
 
     model_config = ConfigDict(extra="allow")
 

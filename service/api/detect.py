@@ -211,7 +211,7 @@ async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
     413: {"description": "larger than FALLDET_MAX_UPLOAD_MB or FALLDET_MAX_IMAGE_PIXELS"},
     415: {"description": "not an image"}})
 async def detect(request: Request, settings: SettingsDep, worker: WorkerDep) -> dict:
-    """Persons in one image with their actions; the `"type": "frame"` result of DESIGN.md."""
+    """Persons in one image with their actions; the `"type": "frame"` result (docs/service.md)."""
     data = await read_image_bytes(request, settings.max_upload_bytes)
     try:
         image = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
