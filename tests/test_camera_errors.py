@@ -114,6 +114,12 @@ def test_a_refused_login_names_the_password_not_the_password() -> None:
     assert "hunter2" not in message + detail and "admin:***@" in detail
 
 
+def test_a_listener_that_answers_binary_garbage() -> None:
+    with listener(lambda request: bytes(range(256)) * 2) as port:
+        message, _ = open_error(f"rtsp://127.0.0.1:{port}/x")
+    assert re.fullmatch(rf"not an RTSP server: 127\.0\.0\.1:{port} answered with \d+ bytes of binary data", message)
+
+
 def test_nothing_listening_and_an_unknown_host() -> None:
     port = closed_port()
     message, detail = open_error(f"rtsp://127.0.0.1:{port}/x")

@@ -93,9 +93,11 @@ def probe(url: str, timeout_s: float = 2.0) -> str | None:
         return None
     if not answer:
         return f"{where} closed the connection without answering (not an RTSP server?)"
-    first = answer.split(b"\r\n", 1)[0].decode("latin-1", "replace")[:60]
+    first = answer.split(b"\r\n", 1)[0][:60]
     if not answer.startswith(b"RTSP/"):
-        return f"not an RTSP server: {where} answered {first!r}"
+        if first.isascii() and first.decode().isprintable():
+            return f"not an RTSP server: {where} answered {first.decode()!r}"
+        return f"not an RTSP server: {where} answered with {len(answer)} bytes of binary data"
     if b" 401" in answer[:16]:
         return "authentication failed: the camera refused the user name or password in the URL"
     return None
