@@ -38,8 +38,10 @@ class RedactSecrets(logging.Filter):
 
 
 def install() -> None:
-    """Add the filter to uvicorn's loggers (idempotent; call after uvicorn configured logging)."""
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
-            logger.addFilter(RedactSecrets())
+    """Add the filter to uvicorn's loggers and to the root logger's handlers (what any other
+    logger's records pass through); idempotent; call after uvicorn configured logging."""
+    targets: list[logging.Filterer] = [logging.getLogger(name) for name in LOGGERS]
+    targets += logging.getLogger().handlers
+    for target in targets:
+        if not any(isinstance(f, RedactSecrets) for f in target.filters):
+            target.addFilter(RedactSecrets())
