@@ -35,7 +35,7 @@ ENV PATH=/opt/venv/bin:$PATH
 # metadata; the package itself runs from /app so that `models/` sits beside it as in a checkout.
 FROM python-base AS service-deps
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY service/ service/
 RUN pip install . \
  && pip uninstall -y falldet \
@@ -46,7 +46,7 @@ RUN pip install . \
 # Training image: torch and the training package. Data is mounted at /data (FALLDET_DATA).
 FROM python-base AS train
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY service/ service/
 COPY training/ training/
 RUN pip install '.[train]' && pip uninstall -y falldet \
