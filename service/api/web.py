@@ -25,7 +25,7 @@ _HEADERS = {
     "Cache-Control": "no-cache",  # revalidate (ETag) so an upgraded service serves the new page
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-        "connect-src 'self' ws: wss:; media-src 'self' data:; object-src 'none'; "
+        "connect-src 'self' ws: wss:; media-src 'self' data: blob:; object-src 'none'; "
         "base-uri 'self'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",

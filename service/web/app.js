@@ -233,6 +233,7 @@
       $(".camera-name", this.el).addEventListener("click", () => selectCamera(this.id));
       this.canvas.addEventListener("click", () => selectCamera(this.id));
       $(".remove-btn", this.el).addEventListener("click", () => removeCamera(this.id));
+      $(".zones-btn", this.el).addEventListener("click", () => openZoneEditor(this));
       this.results = new Map(); // frame index -> frame result
       this.latest = null;
       this.lastResultAt = 0;
@@ -355,6 +356,8 @@
         ctx.fillText("no picture: boxes only", W / 2, H / 2);
         ctx.textAlign = "left";
       }
+      drawZones(ctx, (this.status && this.status.zones) || [], W, H, unit); // under the boxes
+      this.canvas.dataset.zones = String(((this.status && this.status.zones) || []).length);
       let drawn = 0;
       if (res) {
         const sx = res.width ? W / res.width : 1;
@@ -724,9 +727,164 @@
     $(".ack-info", card).textContent = acked
       ? (ackedEvent ? `acknowledged by ${ackedEvent.ack.by || "?"} at ${clock(ackedEvent.ack.at)}${ackedEvent.ack.comment ? `: ${ackedEvent.ack.comment}` : ""}` : "acknowledged")
       : "";
+    const withClip = events.find((e) => e.clip_url); // the MP4 of the fall, once written
+    const clipBtn = $(".clip-btn", card);
+    clipBtn.hidden = !withClip;
+    clipBtn.onclick = withClip ? () => playClip(withClip) : null;
     // snapshot_url null: none taken, or pruned by retention (has_snapshot tells what was taken)
     loadSnapshot(group, events.find((e) => e.snapshot_url || (e.snapshot_url === undefined && e.has_snapshot)) || null);
     placeCard(group);
+  }
+
+  // ---------------------------------------------------------------- fall clips
+
+  // The clip is fetched with the key header (never a key in a URL) into a Blob the video element
+  // plays and seeks locally; the server also answers Range requests for other clients.
+  async function playClip(ev) {
+    const video = $("#clip-video");
+    $("#clip-title").textContent = `${ev.source} · ${dateTime(ev.at)}`;
+    showError($("#clip-error"), "");
+    $("#clip-dialog").showModal();
+    try {
+      const res = await api(ev.clip_url.replace(/^\//, ""), { raw: true });
+      if (!res.ok) throw new Error(res.status === 404 ? "the clip is no longer available" : `HTTP ${res.status}`);
+      if (video.dataset.url) URL.revokeObjectURL(video.dataset.url);
+      video.dataset.url = URL.createObjectURL(await res.blob());
+      video.src = video.dataset.url;
+      video.play().catch(() => {});
+    } catch (err) {
+      if (!(err instanceof AuthError)) showError($("#clip-error"), `Clip unavailable: ${err.message}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- zones (bed / ignore)
+
+  const ZONE_COLORS = { bed: "#64d2ff", ignore: "#aeaeb2" };
+
+  // Zones are polygons in fractions of the picture (0..1), drawn under the boxes.
+  function drawZones(ctx, zones, W, H, unit, open) {
+    const trace = (pts) => pts.forEach(([x, y], i) => (i ? ctx.lineTo(x * W, y * H) : ctx.moveTo(x * W, y * H)));
+    for (const z of zones) {
+      if (!z.points || z.points.length < 3) continue;
+      ctx.save();
+      ctx.beginPath();
+      trace(z.points);
+      ctx.closePath();
+      ctx.fillStyle = z.kind === "ignore" ? "rgba(142, 142, 147, 0.30)" : "rgba(100, 210, 255, 0.16)";
+      ctx.fill();
+      ctx.setLineDash(z.kind === "ignore" ? [5 * unit, 4 * unit] : []);
+      ctx.strokeStyle = ZONE_COLORS[z.kind] || "#ffffff";
+      ctx.lineWidth = 1.5 * unit;
+      ctx.stroke();
+      const [lx, ly] = z.points.reduce((a, p) => (p[1] < a[1] ? p : a)); // label at the top point
+      ctx.font = `${Math.round(10 * unit)}px system-ui, sans-serif`;
+      ctx.fillStyle = ZONE_COLORS[z.kind] || "#ffffff";
+      ctx.fillText(`${z.name} · ${z.kind}`, lx * W + 4 * unit, Math.max(ly * H - 4 * unit, 12 * unit));
+      ctx.restore();
+    }
+    if (open && open.length) { // the zone being drawn: its points and edges so far
+      ctx.save();
+      ctx.strokeStyle = "#ffd60a";
+      ctx.fillStyle = "#ffd60a";
+      ctx.lineWidth = 2 * unit;
+      ctx.beginPath();
+      trace(open);
+      ctx.stroke();
+      for (const [x, y] of open) { ctx.beginPath(); ctx.arc(x * W, y * H, 3.5 * unit, 0, 2 * Math.PI); ctx.fill(); }
+      ctx.restore();
+    }
+  }
+
+  const zoneEditor = { tile: null, zones: [], points: [] };
+
+  function openZoneEditor(tile) {
+    zoneEditor.tile = tile;
+    zoneEditor.zones = ((tile.status && tile.status.zones) || []).map((z) => ({ ...z, points: z.points.map((p) => [...p]) }));
+    zoneEditor.points = [];
+    $("#zones-camera").textContent = tile.id;
+    $("#zone-name").value = "";
+    showError($("#zones-error"), "");
+    renderZoneEditor();
+    $("#zones-dialog").showModal();
+  }
+
+  function renderZoneEditor() {
+    const { tile, zones, points } = zoneEditor;
+    const canvas = $("#zones-canvas");
+    const img = tile && tile.image;
+    const W = img ? img.width : (tile && tile.status && tile.status.width) || 640;
+    const H = img ? img.height : (tile && tile.status && tile.status.height) || 360;
+    if (canvas.width !== W || canvas.height !== H) { canvas.width = W; canvas.height = H; }
+    const ctx = canvas.getContext("2d");
+    const unit = Math.max(1, W / 400);
+    if (img) {
+      ctx.drawImage(img, 0, 0, W, H);
+    } else {
+      ctx.fillStyle = "#15171c";
+      ctx.fillRect(0, 0, W, H);
+      ctx.fillStyle = "#5c6370";
+      ctx.font = `${Math.round(12 * unit)}px system-ui, sans-serif`;
+      ctx.fillText("no picture yet: draw on the empty frame", 10 * unit, 20 * unit);
+    }
+    drawZones(ctx, zones, W, H, unit, points);
+    canvas.dataset.points = String(points.length);
+    $("#zone-close").disabled = points.length < 3;
+    $("#zone-undo").disabled = points.length === 0;
+    const list = $("#zone-list");
+    list.replaceChildren();
+    for (const z of zones) {
+      const li = document.createElement("li");
+      li.dataset.zone = z.name;
+      const swatch = document.createElement("span");
+      swatch.className = `zone-swatch zone-${z.kind}`;
+      const label = document.createElement("span");
+      label.textContent = `${z.name} (${z.kind}, ${z.points.length} points)`;
+      const del = document.createElement("button");
+      del.type = "button";
+      del.className = "zone-delete";
+      del.textContent = "Delete";
+      del.addEventListener("click", () => { zoneEditor.zones = zoneEditor.zones.filter((x) => x !== z); renderZoneEditor(); });
+      li.append(swatch, label, del);
+      list.append(li);
+    }
+    $("#zones-empty").hidden = zones.length > 0;
+  }
+
+  function zoneCanvasClick(event) {
+    const canvas = $("#zones-canvas");
+    const rect = canvas.getBoundingClientRect();
+    const round = (v) => Math.round(Math.min(1, Math.max(0, v)) * 10000) / 10000;
+    zoneEditor.points.push([round((event.clientX - rect.left) / rect.width), round((event.clientY - rect.top) / rect.height)]);
+    renderZoneEditor();
+  }
+
+  function closeZoneShape() {
+    const name = $("#zone-name").value.trim();
+    const err = $("#zones-error");
+    if (zoneEditor.points.length < 3) return showError(err, "A zone needs at least 3 points: click on the picture.");
+    if (!name) return showError(err, "Give the zone a name (for example \"bed 1\").");
+    if (zoneEditor.zones.some((z) => z.name === name)) return showError(err, `There is already a zone named "${name}".`);
+    zoneEditor.zones.push({ name, kind: $("#zone-kind").value, points: zoneEditor.points });
+    zoneEditor.points = [];
+    $("#zone-name").value = "";
+    showError(err, "");
+    renderZoneEditor();
+  }
+
+  async function saveZones(event) {
+    event.preventDefault();
+    const { tile } = zoneEditor;
+    if (zoneEditor.points.length) {
+      return showError($("#zones-error"), "Finish the zone being drawn (Close shape) or undo its points first.");
+    }
+    try {
+      const res = await api(`v1/streams/${enc(tile.id)}/zones`, { method: "PUT", body: { zones: zoneEditor.zones } });
+      tile.status = { ...tile.status, zones: res.zones };
+      tile.scheduleDraw();
+      $("#zones-dialog").close();
+    } catch (err) {
+      if (!(err instanceof AuthError)) showError($("#zones-error"), `Not saved: ${err.message}`);
+    }
   }
 
   // newest activity first
@@ -992,6 +1150,12 @@
     $("#key-form").addEventListener("submit", submitKey);
     $("#key-dialog").addEventListener("cancel", (ev) => { if (!state.key) ev.preventDefault(); });
     $("#sign-out-btn").addEventListener("click", signOut);
+    $("#zones-canvas").addEventListener("click", zoneCanvasClick);
+    $("#zone-close").addEventListener("click", closeZoneShape);
+    $("#zone-undo").addEventListener("click", () => { zoneEditor.points.pop(); renderZoneEditor(); });
+    $("#zones-form").addEventListener("submit", saveZones);
+    $("#zones-cancel").addEventListener("click", () => $("#zones-dialog").close());
+    $("#clip-dialog").addEventListener("close", () => { const v = $("#clip-video"); v.pause(); v.removeAttribute("src"); v.load(); });
     $("#settings-btn").addEventListener("click", () => openKeyDialog(""));
     $("#add-camera-btn").addEventListener("click", () => { showError($("#camera-error"), ""); $("#camera-dialog").showModal(); });
     $("#camera-cancel").addEventListener("click", () => $("#camera-dialog").close());
