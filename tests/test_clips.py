@@ -277,3 +277,26 @@ def test_upload_with_clips_true_gets_a_clip_line_and_the_clip(tiny_client, auth,
     with short_clip.open("rb") as f:
         res = tiny_client.post("/v1/videos", files={"file": ("c.mp4", f, "video/mp4")}, headers=auth)
     assert '"type":"clip"' not in res.text
+
+
+def test_analyze_cli_with_clips_writes_them_into_the_folder(tiny_model, fall_clips, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, cut_clip
+
+    video = cut_clip(fall_clips[0].path, tmp_path / "two.mp4", 60)
+    out = subprocess.run([sys.executable, "-m", "service", "analyze", str(video), "--model", str(tiny_model),
+                          "--quiet", "--clips", str(tmp_path / "clips")],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FALLDET_STATE_DIR": str(tmp_path / "state")})
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    (clip,) = [m for m in lines if m["type"] == "clip"]
+    alert = next(m for m in lines if m["type"] == "fall_alert")
+    assert clip["written"] and clip["alert_id"] == alert["id"]
+    assert clip["path"] == str(tmp_path / "clips" / f"two-{alert['id']}.mp4")
+    frames, _, codec = decode(Path(clip["path"]))
+    assert codec == "h264" and len(frames) == clip["frames"]
+    assert lines[-1]["type"] == "summary" and lines[-1]["clips"][0]["path"] == clip["path"]
