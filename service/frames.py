@@ -1,7 +1,7 @@
 """Value types that flow through the service: a captured frame, a detected person, an event.
 
 They are plain dataclasses so the pure parts (tracking, timeline, fall rules) can be tested
-without threads, HTTP or a model. JSON shapes are those of DESIGN.md's results contract.
+without threads, HTTP or a model. JSON shapes are the results contract of docs/service.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m training train|val|export|info|compare ...` (names pinned in DESIGN.md)."""
+"""`python -m training train|val|export|info|compare ...` (names pinned: docs/training.md)."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,6 @@
 """COCO-style evaluation with pycocotools (mAP50, mAP50-95, per class) and a confusion matrix.
 
-Same protocol as ../shared/tools/evaluate_detector.py: letterboxed input, boxes mapped back to
+Same protocol as the team's independent evaluator: letterboxed input, boxes mapped back to
 the image, maxDets [1, 10, 300], precision at area 'all'. Coordinates are those of the cached
 image (long side = imgsz); IoU is scale-invariant, so the numbers equal those on original pixels.
 """

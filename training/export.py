@@ -1,4 +1,4 @@
-"""ONNX export: network + quality-reweighted scoring + class-aware NMS in one graph (DESIGN.md contract 1).
+"""ONNX export: network + quality-reweighted scoring + class-aware NMS in one graph (the model contract, docs/service.md).
 
 Graph: images [N,3,S,S] -> boxes [N,A,4] and final scores [N,A,C] -> NonMaxSuppression (per class)
 -> the best K = max_det (batch, class, box) triples per image -> detections [N,K,6], zero rows past
