@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -75,6 +76,7 @@ def test_onnx_export_matches_pytorch_on_real_images(learned, tmp_path) -> None:
     assert any(n.op_type == "NonMaxSuppression" for n in model.graph.node)
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["names"]) == ["fall", "sit", "stand"] and meta["imgsz"] == "128" and meta["stride"] == "32"
+    assert (meta["nbs"], meta["accumulate"]) == ("8", "1")  # nominal batch 8 at batch 8: one batch per step
     op = json.loads(meta["operating_point"])  # chosen on the whole val split (training/calibrate.py)
     assert op["split"] == "fall-action/val/images" and op["images"] > 400 and set(op["per_class"]) == {"fall", "sit", "stand"}
     assert op["score_threshold"] == op["person"]["score_threshold"]
@@ -170,3 +172,68 @@ def test_compare_reads_the_trainers_own_results(learned, tmp_path) -> None:
     assert summary.epochs == summary.best_epoch == LEARN_EPOCHS  # validated only at the end (val_interval)
     assert summary.best_map50 == pytest.approx(after["mAP50"], abs=1e-4)
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+@needs_data
+def test_val_per_source_matches_the_independent_evaluator(learned, tmp_path, capsys) -> None:
+    """Per val source, `python -m training val` gives the figures of the team's evaluator (`--task fall`):
+    both score the same detections (fall AP with danger boxes ignored, class-agnostic person AP, fall
+    P/R/F1 at a threshold) and must agree to rounding."""
+    import argparse
+    import importlib.util
+
+    from test_runtime import EVALUATOR
+    from training.__main__ import main as training_cli
+    from training.data.dataset import DetectionDataset
+    from training.data.sources import load_data_config
+    from training.engine import evaluate_detections
+    from training.evaluate import predict_dataset
+    if not EVALUATOR.is_file():
+        pytest.skip(f"the independent evaluator is not beside this checkout ({EVALUATOR}): parity not checked")
+    data = DATA_YAML.parent.parent
+    if not (data / "care-home" / "data.yaml").exists():
+        pytest.skip(f"care-home data not found under {data}")
+    spec_ev = importlib.util.spec_from_file_location("evaluate_detector", EVALUATOR)
+    ev = importlib.util.module_from_spec(spec_ev)
+    spec_ev.loader.exec_module(ev)
+    trainer, _, _ = learned
+    config = tmp_path / "three.yaml"  # the learned model's three classes; every care-home label mapped
+    config.write_text("names: [fall, sit, stand]\nsources:\n"
+                      f"  care-home:\n    path: {data / 'care-home'}\n"
+                      "    classes: {fall: fall, sit: sit, lie: [sit, stand], person: [sit, stand], "
+                      "patient: [sit, stand], danger: ignore}\n"
+                      f"  ip-cameras:\n    path: {data / 'ip-cameras'}\n    classes: {{fall: fall, normal: [sit, stand]}}\n")
+    limit, threshold = 40, 0.02
+    spec = load_data_config(config)
+    ds = DetectionDataset.from_spec(spec, "val", 128, None, limit=limit)
+    model, _ = load_checkpoint_model(trainer.out / "best.pt")
+    dets = predict_dataset(model, ds, progress=False)
+    ours = evaluate_detections(ds, dets, per_source=True, threshold=threshold)["sources"]
+    for source in ("care-home", "ip-cameras"):
+        idx = ds.source_indices(source)
+        split = data / source / "val"
+        items = ev.load_split(str(split))[:limit]
+        gt = {"images": [], "annotations": []}
+        their_dets = []
+        for img_id, ((path, rows), i) in enumerate(zip(items, idx)):
+            assert Path(path) == ds.samples[i].image
+            h, w = cv2.imread(path).shape[:2]
+            scale = w / ds.images[i].shape[1]  # cached image (long side 128) -> original pixels
+            for c, cx, cy, bw, bh in rows:
+                gt["annotations"].append({"image_id": img_id, "category_id": c,
+                                          "bbox": [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]})
+            for x1, y1, x2, y2, score, c in dets[i]:
+                their_dets.append({"image_id": img_id, "category_id": int(c), "score": float(score),
+                                   "bbox": [x1 * scale, y1 * scale, (x2 - x1) * scale, (y2 - y1) * scale]})
+        args = argparse.Namespace(split_dir=str(split), ignore="danger", model="m.onnx", json=None)
+        assert ev.fall_task(args, spec.names, {"operating_point": str(threshold)}, items, gt, their_dets, 0.0) == 0
+        theirs = json.loads(capsys.readouterr().out)
+        mine = ours[source]
+        for key in ("images", "fall_boxes", "person_boxes", "fall_AP50", "fall_AP50_95", "person_AP50",
+                    "person_AP50_95", "fall_precision", "fall_recall", "fall_F1"):
+            assert mine[key] == pytest.approx(theirs[key], abs=2e-4), (source, key, mine[key], theirs[key])
+    # and the command line says the same
+    assert training_cli(["val", "--weights", str(trainer.out / "best.pt"), "--data", str(config), "--limit",
+                         str(limit), "--imgsz", "128", "--operating-point", str(threshold), "--quiet"]) == 0
+    cli = json.loads(capsys.readouterr().out)["sources"]
+    assert cli == ours

@@ -80,7 +80,7 @@ def cmd_val(a: argparse.Namespace) -> int:
     imgsz = a.imgsz or ck["train_config"]["imgsz"]
     ds = DetectionDataset.from_spec(spec, a.split, imgsz, None, limit=a.limit)
     dets = predict_dataset(model, ds, batch=a.batch, device=a.device, conf=a.conf, iou=a.iou)
-    metrics = evaluate_detections(ds, dets, per_source=True)
+    metrics = evaluate_detections(ds, dets, per_source=True, threshold=a.operating_point)
     if a.confusion:
         plot_confusion(confusion_matrix(ds, dets), spec.names, Path(a.confusion))
     print(json.dumps({"weights": str(a.weights), "data": str(data), "imgsz": imgsz, **metrics}, indent=2))
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--device", default="cpu")
     v.add_argument("--confusion", default=None, help="write a confusion-matrix PNG here")
     v.add_argument("--quiet", action="store_true", help="JSON only (no per-source table on stderr)")
+    v.add_argument("--operating-point", type=float, default=None,
+                   help="score threshold of the fall decisions (default: max person F1 on the pooled val split, "
+                        "as export chooses it)")
     e = sub.add_parser("export", help="ONNX with quality-reweighted scores and NMS in the graph")
     e.add_argument("--weights", required=True)
     e.add_argument("--out", required=True)

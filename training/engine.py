@@ -312,13 +312,15 @@ class Trainer:
         (self.out / "metrics.json").write_text(json.dumps({"best": final, "history": self.history}, indent=2))
 
 
-def evaluate_detections(ds: DetectionDataset, dets: list[np.ndarray], per_source: bool) -> dict:
-    """Pooled COCO mAP; with several sources also each source's figures at the operating point chosen
-    on the pooled split, and the fitness that picks best.pt (source_metrics.fitness)."""
+def evaluate_detections(ds: DetectionDataset, dets: list[np.ndarray], per_source: bool,
+                        threshold: float | None = None) -> dict:
+    """Pooled COCO mAP; with `per_source` also each source's figures at the operating point (`threshold`,
+    or chosen on the pooled split), and the fitness that picks best.pt (source_metrics.fitness)."""
     metrics = coco_map(ds, dets)
     if per_source:
-        op = operating_point(ds, dets)
-        threshold = op["score_threshold"] if op["score_threshold"] is not None else 0.25
+        if threshold is None:
+            threshold = operating_point(ds, dets)["score_threshold"]
+        threshold = threshold if threshold is not None else 0.25
         metrics["operating_point"] = threshold
         metrics["sources"] = source_metrics(ds, dets, threshold)
         metrics["fitness"] = source_fitness(metrics["sources"])

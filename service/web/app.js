@@ -13,7 +13,7 @@
   const STORE = { key: "falldet.apiKey", operator: "falldet.operator", sound: "falldet.sound" };
   const EVENT_TYPES = new Set(["fall_alert", "still_down", "fall_cleared"]);
   const ALARM_TYPES = new Set(["fall_alert", "still_down"]); // events that need a person to look
-  const ACTION_COLORS = { fall: "#ff453a", sit: "#ffb020", stand: "#32d74b" };
+  const ACTION_COLORS = { fall: "#ff453a", sit: "#ffb020", stand: "#32d74b", lie: "#bf5af2" };
   const STATE_LABELS = {
     connecting: "connecting", live: "live", stalled: "stalled", backoff: "backing off", stopped: "stopped",
   };
