@@ -62,9 +62,10 @@ def summarize(name: str, rows: list[dict[str, float]]) -> RunSummary:
 def sources_of(rows: list[dict[str, float]]) -> list[str]:
     """Val sources with per-source columns (`SOURCE/fall_AP50` ...), in column order."""
     seen: list[str] = []
-    for k in rows[0]:
-        if "/" in k and k.split("/", 1)[0] not in seen:
-            seen.append(k.split("/", 1)[0])
+    for row in rows:  # every row: epochs that were not validated have no such columns
+        for k in row:
+            if "/" in k and k.split("/", 1)[0] not in seen:
+                seen.append(k.split("/", 1)[0])
     return seen
 
 

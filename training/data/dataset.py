@@ -126,7 +126,7 @@ class AugmentConfig:
     hsv_s: float = 0.7
     hsv_v: float = 0.4
     fliplr: float = 0.5
-    # For cameras the data shows little of (chosen from val measurements, docs/training.md): all 0
+    # For cameras the data shows little of (chosen from val measurements, docs/data.md): all 0
     # keeps the paper's recipe for the ablation presets.
     greyscale: float = 0.0  # probability of an infrared-like grey image
     blur: float = 0.0  # probability of a Gaussian or motion blur
