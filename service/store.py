@@ -410,13 +410,17 @@ class AlertStore:
         return {"items": [self._alert(r) for r in rows], "total": total, "next_offset": next_offset}
 
     def snapshot_path(self, alert_id: str) -> Path | None:
+        return self._stored_file(alert_id, "snapshot", self.snapshot_dir)
+
+    def _stored_file(self, alert_id: str, column: str, folder: Path) -> Path | None:
+        """An alert's file named in `column` (snapshot, clip), if the alert, the name and the file exist."""
         if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
             return None
         with self._lock:
-            row = self._durable.execute("SELECT snapshot FROM events WHERE id = ?", (alert_id,)).fetchone()
-        if row is None or row["snapshot"] is None:
+            row = self._durable.execute(f"SELECT {column} FROM events WHERE id = ?", (alert_id,)).fetchone()
+        if row is None or row[column] is None:
             return None
-        path = self.snapshot_dir / row["snapshot"]
+        path = folder / row[column]
         return path if path.is_file() else None
 
     # ---------------------------------------------------------------- fall clips
@@ -434,14 +438,7 @@ class AlertStore:
 
     def clip_path(self, alert_id: str) -> Path | None:
         """The alert's clip file, or None (no clip yet, none made, or pruned)."""
-        if not isinstance(alert_id, str) or not ID_PATTERN.match(alert_id):
-            return None
-        with self._lock:
-            row = self._durable.execute("SELECT clip FROM events WHERE id = ?", (alert_id,)).fetchone()
-        if row is None or row["clip"] is None:
-            return None
-        path = self.clip_dir / row["clip"]
-        return path if path.is_file() else None
+        return self._stored_file(alert_id, "clip", self.clip_dir)
 
     def _remove_clip_files(self, files: list[tuple[str, int]]) -> int:
         freed = 0

@@ -276,7 +276,7 @@
         this.lastResultAt = performance.now();
         this.results.set(msg.frame, msg);
         if (this.results.size > RESULTS_KEPT) this.results.delete(this.results.keys().next().value);
-        if (this.lastResultAt - (this.statsAt || 0) > 1000) { // latency follows the results, 1/s
+        if (this.statsAt === undefined || this.lastResultAt - this.statsAt > 1000) { // latency follows the results, 1/s
           this.statsAt = this.lastResultAt;
           this.update(this.status);
         }
@@ -345,17 +345,7 @@
       }
       const ctx = this.ctx;
       const unit = Math.max(1, W / 400); // line widths and text scale with the picture
-      if (img) {
-        ctx.drawImage(img, 0, 0, W, H);
-      } else {
-        ctx.fillStyle = "#15171c";
-        ctx.fillRect(0, 0, W, H);
-        ctx.fillStyle = "#5c6370";
-        ctx.font = `${Math.round(12 * unit)}px system-ui, sans-serif`;
-        ctx.textAlign = "center";
-        ctx.fillText("no picture: boxes only", W / 2, H / 2);
-        ctx.textAlign = "left";
-      }
+      drawBackdrop(ctx, img, W, H, unit, "no picture: boxes only", true);
       drawZones(ctx, (this.status && this.status.zones) || [], W, H, unit); // under the boxes
       this.canvas.dataset.zones = String(((this.status && this.status.zones) || []).length);
       let drawn = 0;
@@ -431,6 +421,21 @@
     if (status.width) lines.push(`Picture: ${status.width}x${status.height}.`);
     if (status.url) lines.push(status.url);
     return lines.join("\n");
+  }
+
+  // The camera's picture, or a dark frame saying why there is none (live view and zone editor).
+  function drawBackdrop(ctx, img, W, H, unit, message, centred) {
+    if (img) {
+      ctx.drawImage(img, 0, 0, W, H);
+      return;
+    }
+    ctx.fillStyle = "#15171c";
+    ctx.fillRect(0, 0, W, H);
+    ctx.fillStyle = "#5c6370";
+    ctx.font = `${Math.round(12 * unit)}px system-ui, sans-serif`;
+    ctx.textAlign = centred ? "center" : "left";
+    ctx.fillText(message, centred ? W / 2 : 10 * unit, centred ? H / 2 : 20 * unit);
+    ctx.textAlign = "left";
   }
 
   function drawPerson(ctx, p, sx, sy, unit) {
@@ -817,15 +822,7 @@
     if (canvas.width !== W || canvas.height !== H) { canvas.width = W; canvas.height = H; }
     const ctx = canvas.getContext("2d");
     const unit = Math.max(1, W / 400);
-    if (img) {
-      ctx.drawImage(img, 0, 0, W, H);
-    } else {
-      ctx.fillStyle = "#15171c";
-      ctx.fillRect(0, 0, W, H);
-      ctx.fillStyle = "#5c6370";
-      ctx.font = `${Math.round(12 * unit)}px system-ui, sans-serif`;
-      ctx.fillText("no picture yet: draw on the empty frame", 10 * unit, 20 * unit);
-    }
+    drawBackdrop(ctx, img, W, H, unit, "no picture yet: draw on the empty frame", false);
     drawZones(ctx, zones, W, H, unit, points);
     canvas.dataset.points = String(points.length);
     $("#zone-close").disabled = points.length < 3;
