@@ -199,6 +199,18 @@ def _check_id(alert_id: str) -> str:
     return alert_id
 
 
+def _unlink_all(folder: Path, files: list[tuple[str, int]]) -> int:
+    """Unlink (relative path, size) files under `folder`; the bytes actually freed (gone ones count 0)."""
+    freed = 0
+    for rel, size in files:
+        try:
+            (folder / rel).unlink()
+            freed += size
+        except FileNotFoundError:
+            pass
+    return freed
+
+
 class AlertStore:
     """SQLite (WAL) alert store with snapshots on disk; see the module docstring for guarantees."""
 
@@ -441,14 +453,7 @@ class AlertStore:
         return self._stored_file(alert_id, "clip", self.clip_dir)
 
     def _remove_clip_files(self, files: list[tuple[str, int]]) -> int:
-        freed = 0
-        for rel, size in files:
-            try:
-                (self.clip_dir / rel).unlink()
-                freed += size
-            except FileNotFoundError:
-                pass
-        return freed
+        return _unlink_all(self.clip_dir, files)
 
     def _prune_clips(self, policy: RetentionSettings, now: float, channels: str) -> tuple[int, int]:
         """Clips by age, then the oldest while all together exceed the cap; an unacknowledged fall
@@ -900,14 +905,7 @@ class AlertStore:
 
     def _remove_files(self, files: list[tuple[str, int]]) -> int:
         """Unlink snapshot files (outside the lock); the bytes actually freed."""
-        freed = 0
-        for rel, size in files:
-            try:
-                (self.snapshot_dir / rel).unlink()
-                freed += size
-            except FileNotFoundError:
-                pass
-        return freed
+        return _unlink_all(self.snapshot_dir, files)
 
     def _remove_orphan_snapshots(self, now: float, older_than_s: float = 3600.0) -> int:
         """Files no row points at (a crash between file and row, or a failed insert)."""
