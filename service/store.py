@@ -455,36 +455,45 @@ class AlertStore:
     def _remove_clip_files(self, files: list[tuple[str, int]]) -> int:
         return _unlink_all(self.clip_dir, files)
 
+    def _files_to_prune(self, column: str, max_age_days: float | None, max_mb: float | None, now: float,
+                        channels: str, what: str, kept: str) -> list[int]:
+        """Seqs whose file (`column`: snapshot or clip) goes: those older than `max_age_days`, then the
+        oldest while the rest exceed `max_mb`; files of `_KEEP` events stay. Call with the lock held."""
+        doomed: list[int] = []
+        if max_age_days is not None:
+            doomed += [r[0] for r in self._durable.execute(
+                f"SELECT e.seq FROM events e WHERE e.{column} IS NOT NULL AND e.created_at < :cutoff"
+                f" AND NOT {self._KEEP} ORDER BY e.seq",
+                {"cutoff": now - max_age_days * 86400, "channels": channels})]
+        if max_mb is None:
+            return doomed
+        cap = int(max_mb * 1024 * 1024)
+        aged = set(doomed)
+        total = self._durable.execute(
+            f"SELECT COALESCE(SUM({column}_bytes), 0) FROM events WHERE {column} IS NOT NULL"
+            " AND seq NOT IN (SELECT value FROM json_each(?))", (json.dumps(doomed),)).fetchone()[0]
+        if total > cap:
+            for seq, size in self._durable.execute(
+                    f"SELECT e.seq, e.{column}_bytes FROM events e WHERE e.{column} IS NOT NULL"
+                    f" AND NOT {self._KEEP} ORDER BY e.seq", {"channels": channels}).fetchall():
+                if total <= cap:
+                    break
+                if seq not in aged:
+                    doomed.append(seq)
+                    total -= size
+        if total > cap:
+            log.warning("%s take %.1f MB, over the %.1f MB cap: the rest belong to %s, which retention keeps",
+                        what, total / 2**20, cap / 2**20, kept)
+        return doomed
+
     def _prune_clips(self, policy: RetentionSettings, now: float, channels: str) -> tuple[int, int]:
         """Clips by age, then the oldest while all together exceed the cap; an unacknowledged fall
         alert keeps its clip (`_KEEP`). Row first (committed), then the file."""
         max_age = getattr(policy, "clip_max_age_days", None)
         max_mb = getattr(policy, "clip_max_total_mb", None)
-        doomed: list[int] = []
         with self._lock:
-            if max_age is not None:
-                doomed += [r[0] for r in self._durable.execute(
-                    f"SELECT e.seq FROM events e WHERE e.clip IS NOT NULL AND e.created_at < :cutoff"
-                    f" AND NOT {self._KEEP} ORDER BY e.seq",
-                    {"cutoff": now - max_age * 86400, "channels": channels})]
-            if max_mb is not None:
-                cap = int(max_mb * 1024 * 1024)
-                aged = set(doomed)
-                total = self._durable.execute(
-                    "SELECT COALESCE(SUM(clip_bytes), 0) FROM events WHERE clip IS NOT NULL"
-                    " AND seq NOT IN (SELECT value FROM json_each(?))", (json.dumps(doomed),)).fetchone()[0]
-                if total > cap:
-                    for seq, size in self._durable.execute(
-                            f"SELECT e.seq, e.clip_bytes FROM events e WHERE e.clip IS NOT NULL"
-                            f" AND NOT {self._KEEP} ORDER BY e.seq", {"channels": channels}).fetchall():
-                        if total <= cap:
-                            break
-                        if seq not in aged:
-                            doomed.append(seq)
-                            total -= size
-                if total > cap:
-                    log.warning("fall clips take %.1f MB, over the %.1f MB cap: the rest belong to "
-                                "unacknowledged fall alerts, which retention keeps", total / 2**20, cap / 2**20)
+            doomed = self._files_to_prune("clip", max_age, max_mb, now, channels,
+                                          "fall clips", "unacknowledged fall alerts")
         count = freed = 0
         for i in range(0, len(doomed), self.PRUNE_BATCH):
             batch = json.dumps(doomed[i:i + self.PRUNE_BATCH])
@@ -823,33 +832,10 @@ class AlertStore:
             self._prune_batches(seqs, totals, delete_rows=True,
                                 check=f"e.created_at < :cutoff AND NOT {self._KEEP}",
                                 params={"cutoff": cutoff, "channels": channels})
-        doomed: list[int] = []  # seqs whose snapshot goes
-        with self._lock:
-            if policy.snapshot_max_age_days is not None:
-                doomed += [r[0] for r in self._durable.execute(
-                    f"SELECT e.seq FROM events e WHERE e.snapshot IS NOT NULL AND e.created_at < :cutoff"
-                    f" AND NOT {self._KEEP} ORDER BY e.seq",
-                    {"cutoff": now - policy.snapshot_max_age_days * 86400, "channels": channels})]
-            if policy.snapshot_max_total_mb is not None:
-                cap = int(policy.snapshot_max_total_mb * 1024 * 1024)
-                aged = set(doomed)
-                total = self._durable.execute(
-                    "SELECT COALESCE(SUM(snapshot_bytes), 0) FROM events WHERE snapshot IS NOT NULL").fetchone()[0]
-                total -= self._durable.execute(
-                    "SELECT COALESCE(SUM(snapshot_bytes), 0) FROM events"
-                    " WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(doomed),)).fetchone()[0]
-                if total > cap:
-                    for seq, size in self._durable.execute(
-                            f"SELECT e.seq, e.snapshot_bytes FROM events e WHERE e.snapshot IS NOT NULL"
-                            f" AND NOT {self._KEEP} ORDER BY e.seq", {"channels": channels}):
-                        if total <= cap:
-                            break
-                        if seq not in aged:
-                            doomed.append(seq)
-                            total -= size
-                if total > cap:
-                    log.warning("snapshots take %.1f MB, over the %.1f MB cap: the rest belong to unacknowledged "
-                                "fall alerts or undelivered events, which retention keeps", total / 2**20, cap / 2**20)
+        with self._lock:  # seqs whose snapshot goes
+            doomed = self._files_to_prune("snapshot", policy.snapshot_max_age_days, policy.snapshot_max_total_mb,
+                                          now, channels, "snapshots",
+                                          "unacknowledged fall alerts or undelivered events")
         self._prune_batches(doomed, totals, delete_rows=False, check=f"e.snapshot IS NOT NULL AND NOT {self._KEEP}",
                             params={"channels": channels})
         with self._lock:

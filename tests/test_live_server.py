@@ -173,11 +173,9 @@ def test_watch_prints_a_cameras_messages_and_says_why_it_is_refused(server: Serv
 @pytest.mark.timeout(240)
 def test_watch_follows_a_live_camera(server: Server, short_clip: Path) -> None:
     """A real RTSP camera (tools/rtsp_server.py) replaying a clip: `watch cam` prints its frames."""
-    from test_web_page import _camera_missing, rtsp_camera
+    from test_web_page import rtsp_camera, skip_without_camera
 
-    reason = _camera_missing()
-    if reason:
-        pytest.skip(reason)
+    skip_without_camera()
     auth = {"X-API-Key": KEY}
     with rtsp_camera(short_clip) as url:
         assert httpx.post(server.http + "/v1/streams", headers=auth, json={"id": "cam", "url": url}).status_code == 201

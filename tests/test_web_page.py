@@ -514,6 +514,13 @@ def _camera_missing() -> str | None:
     return None
 
 
+def skip_without_camera() -> None:
+    """Skip the calling test, saying why, when the RTSP test camera cannot run here."""
+    reason = _camera_missing()
+    if reason:
+        pytest.skip(reason)
+
+
 @contextlib.contextmanager
 def rtsp_camera(clip: Path) -> Iterator[str]:
     """tools/rtsp_server.py replaying `clip` in real time; yields its rtsp:// URL."""
@@ -550,9 +557,7 @@ def service_model(request: pytest.FixtureRequest) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_operator_page_on_the_real_service(service_model: Path, tmp_path: Path) -> None:
-    reason = _camera_missing()
-    if reason:
-        pytest.skip(reason)
+    skip_without_camera()
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     from service.app import create_app

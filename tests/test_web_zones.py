@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_web_page import FALL_CLIP, KEY, _camera_missing, browser_page, rtsp_camera, serve, sign_in
+from test_web_page import FALL_CLIP, KEY, browser_page, rtsp_camera, serve, sign_in, skip_without_camera
 
 BED = [(0.10, 0.60), (0.45, 0.60), (0.45, 0.95), (0.10, 0.95)]
 TV = [(0.70, 0.05), (0.95, 0.05), (0.95, 0.35)]
@@ -30,9 +30,7 @@ def click_points(page, points) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_draw_zones_save_reload_delete_and_play_a_clip(tiny_model: Path, tmp_path: Path) -> None:
-    reason = _camera_missing()
-    if reason:
-        pytest.skip(reason)
+    skip_without_camera()
     from service.app import create_app
     from service.clips import ClipSettings
     from service.settings import Settings
