@@ -35,6 +35,8 @@ def calls(model: Path, data: Path) -> dict[str, dict[str, dict]]:
     spec = load_data_config(data)
     out: dict[str, dict[str, dict]] = {}
     for source in spec.sources:
+        if source.val is None:
+            continue
         counts: dict[str, Counter] = defaultdict(Counter)
         for path in sorted(source.val.glob("*.jpg")):
             image = cv2.imread(str(path))

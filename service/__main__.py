@@ -87,7 +87,7 @@ def analyze(args: argparse.Namespace) -> int:
                 from service.clips import file_clips
 
                 pipeline, writer = file_clips(pipeline, settings.clips, args.clips, source)
-            for line in analyze_frames(iter_frames(video, source), worker, pipeline, video=info):
+            for line in analyze_frames(iter_frames(video, source), worker, pipeline, video=info, weak=args.weak):
                 out.write(json.dumps(line, separators=(",", ":")) + "\n")
                 if line.get("type") == "frame":
                     progress.update()
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="ONNX model (default: FALLDET_MODEL or models/fall-detector.onnx)")
     p.add_argument("--source", help="source name in the results (default: the file's stem)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--weak", action="store_true", help="frame lines also list the tracked boxes under the "
+                   "reporting threshold (`weak`), so `service.evaluate --replay` sees what the tracker saw")
     p.add_argument("--clips", type=Path, metavar="DIR", help="write an MP4 clip of every fall_alert into DIR "
                    "(FALLDET_CLIPS__PRE_S before the onset to FALLDET_CLIPS__POST_S after the alert)")
     p.set_defaults(run=analyze)

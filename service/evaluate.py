@@ -125,8 +125,10 @@ def replay(analysis: Analysis, settings: PipelineSettings, source: str = "replay
     frames, events = [], []
     for fr in analysis.frames:
         persons = [Person(box=tuple(p["box"]), score=float(p["score"]), action=p["action"],
-                          class_id=ACTIONS.index(p["action"]) if p["action"] in ACTIONS else len(ACTIONS))
-                   for p in fr.get("persons", [])]
+                          class_id=ACTIONS.index(p["action"]) if p["action"] in ACTIONS else len(ACTIONS),
+                          class_scores=tuple(p["class_scores"]) if p.get("class_scores") else None,
+                          reported=weak is False)
+                   for weak in (False, True) for p in fr.get("weak" if weak else "persons", [])]
         frame = Frame(source=source, index=int(fr["frame"]), pts_s=float(fr["pts_s"]),
                       captured_at=float(fr.get("captured_at", 0.0)), image=None)  # type: ignore[arg-type]
         result, evs = pipeline.step(frame, persons, float(fr.get("latency_ms", 0.0)),
@@ -139,7 +141,7 @@ def replay(analysis: Analysis, settings: PipelineSettings, source: str = "replay
 
 def run_analyze(video: Path, model: Path | None, save_to: Path | None = None) -> Analysis:
     """`python -m service analyze VIDEO` in a child process; its NDJSON parsed (and saved)."""
-    cmd = [sys.executable, "-m", "service", "analyze", str(video)]
+    cmd = [sys.executable, "-m", "service", "analyze", str(video), "--weak"]
     if model is not None:
         cmd += ["--model", str(model)]
     t0 = time.perf_counter()

@@ -24,6 +24,13 @@ id of its `fall_alert`, so that the fall is one incident to receivers (acknowled
   events of a fall are in frame order and an alerted fall's `time_down_s` is never below
   `confirm_s`.
 A fall that ends before it is confirmed raises nothing; it is still recorded for the summary.
+
+How long a fall must last before it is confirmed depends on how the person came down. A fall
+whose onset comes within `descent_s` of the track last being upright (an `upright_actions`
+posture, by default `stand`) is a fall as it happens: `confirm_s`. Anything else, a person who
+sat on the floor and then lay down, who crawls, or who is first seen already down, is confirmed
+only after `slow_confirm_s` down: lying down on purpose is not an emergency, lying there for
+long may be.
 """
 from __future__ import annotations
 
@@ -103,6 +110,7 @@ class _TrackState:
     next_still_s: float = float("inf")
     # (frame, pts_s, at) of the current fall's latest event: a clear is never placed before it
     last_event: tuple[int, float, float] | None = None
+    last_upright_s: float | None = None  # the latest frame whose smoothed posture was upright
 
 
 class FallRules:
@@ -110,11 +118,17 @@ class FallRules:
     per frame (observed or not), then `end_track` when a track is lost or the source ends."""
 
     def __init__(self, source: str, *, confirm_s: float = 1.0, cooldown_s: float = 10.0,
-                 still_down_s: float = 60.0, still_down_every_s: float = 60.0) -> None:
+                 still_down_s: float = 60.0, still_down_every_s: float = 60.0,
+                 descent_s: float | None = None, slow_confirm_s: float | None = None,
+                 upright_actions: tuple[str, ...] = ("stand",)) -> None:
+        """`descent_s` None: every fall is confirmed after `confirm_s` (no descent rule)."""
         if still_down_every_s <= 0:
             raise ValueError("still_down_every_s must be positive")
         self.source = source
         self.confirm_s = confirm_s
+        self.descent_s = descent_s
+        self.slow_confirm_s = max(slow_confirm_s if slow_confirm_s is not None else confirm_s, confirm_s)
+        self.upright_actions = tuple(upright_actions)
         self.cooldown_s = cooldown_s
         self.still_down_s = still_down_s
         self.still_down_every_s = still_down_every_s
@@ -128,6 +142,8 @@ class FallRules:
         """Compare the track's previous fall state with `status` and say what changed."""
         st = self._tracks.setdefault(status.track_id, _TrackState())
         events: list[Event] = []
+        if status.action in self.upright_actions:
+            st.last_upright_s = status.pts_s
         if status.action != "fall":
             if st.fall is not None:  # recovered: the segment after the fall started then
                 events += self._finish(st, status.start_frame, status.start_pts_s, status.start_at,
@@ -145,7 +161,7 @@ class FallRules:
         if fall.alert_id is None:
             # Only on a detected frame: a coasting track's box is a prediction (stale on the
             # snapshot), and the person may not be there at all.
-            confirmed = status.observed and status.pts_s - fall.onset_s >= self.confirm_s
+            confirmed = status.observed and status.pts_s - fall.onset_s >= self._confirm_after(st, fall)
             cooled = st.last_alert_s is None or status.pts_s - st.last_alert_s >= self.cooldown_s
             if confirmed and cooled:
                 event = self._event("fall_alert", status, fall, status.frame, status.pts_s, status.at,
@@ -163,6 +179,13 @@ class FallRules:
             while st.next_still_s <= status.pts_s:  # one message per check, even after a gap
                 st.next_still_s += self.still_down_every_s
         return events
+
+    def _confirm_after(self, st: _TrackState, fall: FallRecord) -> float:
+        """Seconds down before an alert: short after a descent from upright, long otherwise."""
+        if self.descent_s is None:
+            return self.confirm_s
+        came_down = st.last_upright_s is not None and fall.onset_s - st.last_upright_s <= self.descent_s
+        return self.confirm_s if came_down else self.slow_confirm_s
 
     def end_track(self, status: TrackStatus, reason: Literal["track_lost", "source_ended"]
                   ) -> list[Event]:

@@ -36,6 +36,12 @@ class Person:
     class_id: int
     track_id: int | None = None
     action: str = ""  # the model's name of class_id (default: ACTIONS[class_id])
+    # Every class's score for this box (index = class id): the graph's NMS is per class, so one
+    # person can come as `stand` 0.4 and `fall` 0.2; the runtime merges such rows into one person.
+    class_scores: tuple[float, ...] | None = None
+    # At or above the reporting threshold (the model's operating point). Weaker boxes still reach
+    # the tracker (ByteTrack's second stage keeps a track alive through them) but not clients.
+    reported: bool = True
 
     def __post_init__(self) -> None:
         if not self.action:
@@ -46,8 +52,11 @@ class Person:
         return self.action == "fall"
 
     def to_json(self) -> dict:
-        return {"box": [round(float(v), 1) for v in self.box], "score": round(float(self.score), 4),
-                "action": self.action, "fall": self.fall, "track_id": self.track_id}
+        out = {"box": [round(float(v), 1) for v in self.box], "score": round(float(self.score), 4),
+               "action": self.action, "fall": self.fall, "track_id": self.track_id}
+        if self.class_scores is not None:
+            out["class_scores"] = list(self.class_scores)
+        return out
 
 
 @dataclass(slots=True)
@@ -63,9 +72,15 @@ class FrameResult:
     persons: list[Person] = field(default_factory=list)
     width: int = 0
     height: int = 0
+    # tracked boxes under the reporting threshold: not sent to clients; `analyze --weak` writes
+    # them so that an evaluation replay sees what the tracker saw
+    weak: list[Person] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return {"type": "frame", "source": self.source, "frame": self.frame, "pts_s": round(self.pts_s, 4),
-                "captured_at": round(self.captured_at, 4), "latency_ms": round(self.latency_ms, 2),
-                "dropped": self.dropped, "width": self.width, "height": self.height,
-                "persons": [p.to_json() for p in self.persons]}
+    def to_json(self, weak: bool = False) -> dict:
+        out = {"type": "frame", "source": self.source, "frame": self.frame, "pts_s": round(self.pts_s, 4),
+               "captured_at": round(self.captured_at, 4), "latency_ms": round(self.latency_ms, 2),
+               "dropped": self.dropped, "width": self.width, "height": self.height,
+               "persons": [p.to_json() for p in self.persons]}
+        if weak:
+            out["weak"] = [p.to_json() for p in self.weak]
+        return out

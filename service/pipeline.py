@@ -14,7 +14,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.events import Event, FallRules
-from service.frames import Frame, FrameResult, Person
+from dataclasses import replace
+
+from service.frames import ACTIONS, Frame, FrameResult, Person
+from service.posture import PostureSmoother
 from service.timeline import Timeline
 from service.tracking import PersonTracker
 from service.zones import BedTracker, Zone, bed_of, frame_result_with_zones, ignored_by, normalise_box
@@ -26,7 +29,26 @@ class PipelineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     confirm_s: float = Field(1.0, ge=0, description=(
-        "Seconds a smoothed fall segment must last before `fall_alert` is raised."))
+        "Seconds a smoothed fall segment must last before `fall_alert` is raised, when the person "
+        "came down from upright within `descent_s`."))
+    descent_s: float | None = Field(2.0, ge=0, description=(
+        "A fall whose onset is within this many seconds of the track's last upright posture "
+        "(`upright_actions`) is confirmed after `confirm_s`; any other (lying down from sitting, "
+        "crawling, first seen down) after `slow_confirm_s`. Empty: every fall after `confirm_s`."))
+    slow_confirm_s: float = Field(15.0, ge=0, description=(
+        "Seconds down before `fall_alert` for a fall that did not come from upright (`descent_s`)."))
+    upright_actions: tuple[str, ...] = Field(("stand",), description=(
+        "Postures that count as upright for `descent_s`."))
+    track_low_score: float = Field(0.1, ge=0, le=1, description=(
+        "Least detection score given to the tracker at all (ByteTrack's low stage): boxes between "
+        "this and the reporting threshold keep tracks alive and feed their posture, and are not "
+        "reported to clients."))
+    posture_tau_s: float = Field(0.0, ge=0, description=(
+        "Time constant (s) of each track's smoothed class scores (service/posture.py); 0: each "
+        "detection's own scores (the timeline's vote still smooths over `smooth_window_s`)."))
+    fall_margin: float = Field(1.0, ge=1.0, description=(
+        "The smoothed `fall` score must be at least this times every other class's to be the "
+        "track's posture."))
     cooldown_s: float = Field(10.0, ge=0, description=(
         "Least seconds between two `fall_alert`s of one track; a fall confirmed inside the "
         "cooldown is alerted when it ends if the person is still down."))
@@ -113,7 +135,10 @@ class SourcePipeline:
                                   min_switch_frames=s.smooth_min_frames,
                                   keep_s=s.segment_keep_s if live else None)
         self._rules = FallRules(source, confirm_s=s.confirm_s, cooldown_s=s.cooldown_s,
-                                still_down_s=s.still_down_s, still_down_every_s=s.still_down_every_s)
+                                still_down_s=s.still_down_s, still_down_every_s=s.still_down_every_s,
+                                descent_s=s.descent_s, slow_confirm_s=s.slow_confirm_s,
+                                upright_actions=s.upright_actions)
+        self._posture = PostureSmoother(ACTIONS, tau_s=s.posture_tau_s, fall_margin=s.fall_margin)
         self._zones: list[Zone] = list(zones or [])
         self._beds = BedTracker(hold_s=s.smooth_window_s)  # in-bed state per track (zones.py)
         self._lock = threading.Lock()
@@ -133,7 +158,10 @@ class SourcePipeline:
             zones = self._zones if w and h else []
             kept = [p for p in persons if not (zones and ignored_by(normalise_box(p.box, w, h), zones))]
             tracked = self._tracker.update(kept, frame.index, frame.pts_s)
-            self._timeline.observe(tracked, frame.index, frame.pts_s, frame.captured_at)
+            # the timeline and the fall rules see each track's smoothed posture, not one box's argmax
+            postures = [replace(p, action=self._posture.observe(p.track_id, p, frame.pts_s))
+                        if p.track_id is not None else p for p in tracked]
+            self._timeline.observe(postures, frame.index, frame.pts_s, frame.captured_at)
             in_bed: dict[int, str] = {}
             for p in tracked:
                 if p.track_id is not None:
@@ -153,16 +181,20 @@ class SourcePipeline:
                     events += self._rules.end_track(status, "track_lost")
                     self._timeline.close(tid)
                     self._beds.end(tid)
+                    self._posture.end(tid)
             for event in events:
                 if event.type == "fall_alert" and frame.image is not None:
                     event.snapshot = snapshot_jpeg(frame.image, event.box,
                                                    f"FALL track {event.track_id}",
                                                    self.settings.snapshot_quality)
             self._note(frame, events)
+            reported = [p for p in tracked if p.reported]
             result = FrameResult(source=self.source, frame=frame.index, pts_s=frame.pts_s,
                                  captured_at=frame.captured_at, latency_ms=latency_ms,
-                                 dropped=dropped, persons=tracked, width=w, height=h)
-            return frame_result_with_zones(result, in_bed, len(persons) - len(kept)), events
+                                 dropped=dropped, persons=reported, width=w, height=h,
+                                 weak=[p for p in tracked if not p.reported and p.track_id is not None])
+            ignored = sum(1 for p in persons if p.reported) - sum(1 for p in kept if p.reported)
+            return frame_result_with_zones(result, in_bed, ignored), events
 
     def set_zones(self, zones: list[Zone]) -> None:
         """Replace the source's zones; the next frame uses them (no reconnect, tracks kept)."""

@@ -30,6 +30,7 @@ TENSORRT = "TensorrtExecutionProvider"
 PAD = 114
 DEFAULT_SCORE_THRESHOLD = 0.25  # for models exported without an operating point
 DEFAULT_CHUNK = 32  # largest batch sent in one run when the model's batch axis is dynamic
+MERGE_IOU = 0.7  # rows of different classes overlapping this much are one person (the graph's NMS IoU)
 
 Provider = str | tuple[str, dict]
 
@@ -62,7 +63,8 @@ def choose_providers(requested: Sequence[Provider] = (), tensorrt: bool = False,
 def runtime_from_settings(settings: "Settings") -> "Runtime":
     """The Runtime the service settings ask for (providers, TensorRT cache under the state folder)."""
     providers = choose_providers(settings.providers, settings.tensorrt, Path(settings.state_dir) / "trt")
-    return Runtime(settings.model, providers, settings.score_threshold, settings.iou_threshold)
+    return Runtime(settings.model, providers, settings.score_threshold, settings.iou_threshold,
+                   track_threshold=settings.pipeline.track_low_score)
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
@@ -107,7 +109,12 @@ class Runtime:
     """Owns one `onnxruntime.InferenceSession`; thread-compatible (the worker calls it from one thread)."""
 
     def __init__(self, model_path: Path, providers: Sequence[Provider] | None = None,
-                 score_threshold: float | None = None, iou_threshold: float = 0.7) -> None:
+                 score_threshold: float | None = None, iou_threshold: float = 0.7,
+                 track_threshold: float | None = None, merge_classes: bool = True) -> None:
+        """`score_threshold`: what is reported (default: the file's operating point);
+        `track_threshold`: the least score returned at all, with `reported=False` under the first
+        (default: the score threshold, i.e. no weak boxes); `merge_classes`: rows of several classes
+        on one box become one person (False: one person per row, as the file returns them)."""
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"model not found: {model_path} (set FALLDET_MODEL or --model)")
@@ -126,6 +133,9 @@ class Runtime:
             self.score_threshold, self.score_threshold_source = self.operating_point, "model operating point"
         else:
             self.score_threshold, self.score_threshold_source = DEFAULT_SCORE_THRESHOLD, "default"
+        self.merge_classes = merge_classes
+        self.track_threshold = (self.score_threshold if track_threshold is None
+                                else min(float(track_threshold), self.score_threshold))
         self._read_contract()
         wanted = [p if isinstance(p, str) else p[0] for p in requested]
         log.info("onnxruntime runs %s on %s%s; imgsz %d, classes %s, score threshold %.4g (%s)",
@@ -149,7 +159,7 @@ class Runtime:
         self.max_chunk: int = batch if isinstance(batch, int) and batch > 0 else DEFAULT_CHUNK
         self.extra_inputs: dict[str, np.ndarray] = {}
         if "score_threshold" in inputs:
-            self.extra_inputs["score_threshold"] = np.array([self.score_threshold], np.float32)
+            self.extra_inputs["score_threshold"] = np.array([self.track_threshold], np.float32)
         if "iou_threshold" in inputs:
             self.extra_inputs["iou_threshold"] = np.array([self.iou_threshold], np.float32)
 
@@ -186,15 +196,62 @@ class Runtime:
         return [self._to_persons(rows, *geo) for rows, geo in zip(out, geometry)]
 
     def _to_persons(self, rows: np.ndarray, r: float, left: int, top: int, w: int, h: int) -> list[Person]:
-        """Rows `x1 y1 x2 y2 score class` in letterbox pixels -> persons in frame pixels, clipped."""
-        keep = (rows[:, 4] > 0) & (rows[:, 4] >= self.score_threshold)
+        """Rows `x1 y1 x2 y2 score class` in letterbox pixels -> persons in frame pixels, clipped.
+
+        Rows of other classes on the same box (IoU >= MERGE_IOU with a better row) are merged into
+        that person's `class_scores` instead of becoming another person."""
+        keep = (rows[:, 4] > 0) & (rows[:, 4] >= self.track_threshold)
+        keep &= (rows[:, 5] >= 0) & (rows[:, 5] < len(self.names))
         rows = rows[keep]  # float32 arithmetic, exactly as the evaluator maps boxes
+        rows = rows[np.argsort(-rows[:, 4], kind="stable")]
         xs = np.clip((rows[:, [0, 2]] - left) / r, 0, w)
         ys = np.clip((rows[:, [1, 3]] - top) / r, 0, h)
-        persons = []
-        for (x1, x2), (y1, y2), score, cls in zip(xs, ys, rows[:, 4], rows[:, 5]):
+        boxes = np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], 1) if len(rows) else np.zeros((0, 4), np.float32)
+        owner = merge_rows(boxes, rows[:, 5].astype(int), MERGE_IOU) if self.merge_classes else np.arange(len(rows))
+        persons: list[Person] = []
+        scores: list[list[float]] = []
+        index_of: dict[int, int] = {}
+        for k, (box, score, cls) in enumerate(zip(boxes, rows[:, 4], rows[:, 5])):
             class_id = int(cls)
-            if 0 <= class_id < len(self.names):
-                persons.append(Person((float(x1), float(y1), float(x2), float(y2)), float(score), class_id,
-                                      action=self.names[class_id]))
+            if owner[k] == k:
+                index_of[k] = len(persons)
+                persons.append(Person(tuple(float(v) for v in box), float(score), class_id,
+                                      action=self.names[class_id],
+                                      reported=bool(score >= self.score_threshold)))
+                scores.append([0.0] * len(self.names))
+            row_scores = scores[index_of[int(owner[k])]]
+            row_scores[class_id] = max(row_scores[class_id], float(score))
+        for person, class_scores in zip(persons, scores):
+            person.class_scores = tuple(round(v, 4) for v in class_scores)
         return persons
+
+
+def merge_rows(boxes: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """For rows sorted best first: the index of the row each one belongs to (itself when it leads).
+
+    A row joins the first better row of another class that it overlaps by `iou` or more and that
+    has no row of its class yet; otherwise it is a person of its own."""
+    n = len(boxes)
+    owner = np.arange(n)
+    if n < 2:
+        return owner
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    leaders: list[int] = []
+    held: dict[int, set[int]] = {}
+    for k in range(n):
+        for lead in leaders:
+            if int(classes[k]) in held[lead]:
+                continue
+            iw = min(x2[k], x2[lead]) - max(x1[k], x1[lead])
+            ih = min(y2[k], y2[lead]) - max(y1[k], y1[lead])
+            inter = max(iw, 0.0) * max(ih, 0.0)
+            union = area[k] + area[lead] - inter
+            if union > 0 and inter / union >= iou:
+                owner[k] = lead
+                held[lead].add(int(classes[k]))
+                break
+        else:
+            leaders.append(k)
+            held[k] = {int(classes[k])}
+    return owner

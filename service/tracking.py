@@ -69,6 +69,12 @@ class PersonTracker:
     floor. So when the library confirms a new track whose box overlaps (by `relink_overlap` of the
     smaller box) the last detection of a track that is unmatched but not yet lost, the new track
     takes over the old id: a fall stays one track, as the fall rules need.
+
+    Weak boxes (under `high_score`) only keep existing tracks alive, in ByteTrack's second stage.
+    A person who falls is often seen weakly as he lands (a body on a patterned floor scores 0.2),
+    exactly when the motion model overshoots: so a weak box that sits on a live track's last
+    box (by `relink_overlap` of the smaller box) is given to the library as confident, and the
+    relink above keeps the id. The person's own score is unchanged.
     """
 
     def __init__(self, *, activation_score: float = 0.5, high_score: float = 0.5,
@@ -83,6 +89,7 @@ class PersonTracker:
             minimum_iou_threshold=match_iou, high_conf_det_threshold=high_score)
         self._duplicate_iou = duplicate_iou
         self._relink_overlap = relink_overlap
+        self._confident = max(high_score, activation_score)
         self._last_pts: float | None = None
         self._alias: dict[int, int] = {}  # library id -> public id (differs after a relink)
         self._last_box: dict[int, np.ndarray] = {}  # public id -> its latest detected box
@@ -118,7 +125,7 @@ class PersonTracker:
             boxes, scores = np.empty((0, 4), np.float32), np.empty((0,), np.float32)
         keep = np.flatnonzero(~duplicates(boxes, scores, self._duplicate_iou))
         detections = sv.Detections(
-            xyxy=boxes[keep], confidence=scores[keep],
+            xyxy=boxes[keep], confidence=self._library_scores(boxes[keep], scores[keep]),
             class_id=np.asarray([persons[i].class_id for i in keep], dtype=int),
             data={"index": keep.astype(int)})
         with warnings.catch_warnings():
@@ -135,6 +142,21 @@ class PersonTracker:
             self._last_box[public] = boxes[index]
             out[index].track_id = public
         self._forget()
+        return out
+
+    def _library_scores(self, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The scores given to the library: a weak box on the last box of a live track that no
+        confident box covers in this frame counts as confident (never a second box for a person
+        who is seen well: that would start a ghost track beside them)."""
+        out = scores.copy()
+        confident = np.flatnonzero(scores >= self._confident)
+        uncovered = [last for last in self._last_box.values()
+                     if not any(overlap_of_smaller(boxes[j], last) >= self._relink_overlap for j in confident)]
+        if not uncovered:
+            return out
+        for i in np.flatnonzero(scores < self._confident):
+            if any(overlap_of_smaller(boxes[i], last) >= self._relink_overlap for last in uncovered):
+                out[i] = self._confident
         return out
 
     def _relink(self, box: np.ndarray, matched: set[int], lib: int) -> int:

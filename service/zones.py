@@ -352,7 +352,7 @@ def frame_result_with_zones(result, in_bed: dict[int, str], ignored: int):
     return ZonedFrameResult(source=result.source, frame=result.frame, pts_s=result.pts_s,
                             captured_at=result.captured_at, latency_ms=result.latency_ms,
                             dropped=result.dropped, persons=result.persons, width=result.width,
-                            height=result.height, in_bed=dict(in_bed), ignored=ignored)
+                            height=result.height, weak=result.weak, in_bed=dict(in_bed), ignored=ignored)
 
 
 @dataclass(slots=True)
@@ -362,8 +362,8 @@ class ZonedFrameResult(FrameResult):
     in_bed: dict = field(default_factory=dict)  # track id -> bed zone name
     ignored: int = 0
 
-    def to_json(self) -> dict:
-        out = FrameResult.to_json(self)
+    def to_json(self, weak: bool = False) -> dict:
+        out = FrameResult.to_json(self, weak)
         for person in out["persons"]:
             zone = self.in_bed.get(person["track_id"])
             if zone is not None:

@@ -42,11 +42,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="samples per epoch, drawn by source weight (default: the train split's size)")
     p.add_argument("--camera-aug", action="store_true",
                    help="augment for unseen cameras: grey, blur, fisheye, wider scale (docs/training.md)")
+    p.add_argument("--backbone-init", choices=["imagenet", "ssdlite-person"], default=None,
+                   help="pretrained MobileNetV2 weights: ImageNet classification or the SSDLite person detector")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="start a pretrained-backbone preset from random weights")
     p.add_argument("--out", default=None, help="run folder (default runs/train/<preset>-<imgsz>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU (AVX512-BF16/AMX machines)")
 
 
 def cmd_train(a: argparse.Namespace) -> int:

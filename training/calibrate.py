@@ -26,6 +26,9 @@ def match_detections(ds: DetectionDataset, dets: list[np.ndarray], iou: float = 
     """
     scores, hits, n_gt = [], [], 0
     for s, img, d in zip(ds.samples, ds.images, dets):
+        src = ds.sources.get(s.source)
+        if class_id is None and src is not None and not src.boxes_everyone:
+            continue  # its bystanders carry no box: person precision is not measurable there
         gt = xywhn_to_xyxy(s.boxes_xywhn, img.shape[1], img.shape[0])
         if class_id is not None:
             gt, d = gt[s.labels == class_id], d[d[:, 5] == class_id]

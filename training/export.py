@@ -131,5 +131,6 @@ def _operating_point(model: nn.Module, data_yaml: str | Path, names: list[str], 
     dets = predict_dataset(model.float().eval(), ds, iou=iou)
     # named from each data folder down, no local path in the file
     name = " + ".join(f"{s.root.name}/{s.val.resolve().relative_to(s.root.resolve())}"
-                      if s.val.resolve().is_relative_to(s.root.resolve()) else s.val.name for s in spec.sources)
+                      if s.val.resolve().is_relative_to(s.root.resolve()) else s.val.name
+                      for s in spec.sources if s.val is not None)
     return {**operating_point(ds, dets), "split": name}

@@ -52,15 +52,20 @@ def dfl_loss(dist: torch.Tensor, target_ltrb: torch.Tensor, reg_max: int) -> tor
     return loss.view(n, 4).mean(-1)
 
 
-def set_bce(logits: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def set_bce(logits: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor,
+            trained: torch.Tensor | None = None) -> torch.Tensor:
     """Classification loss that says no more than a label did. [B,A,nc], [B,A,nc] bool, [B,A] -> [B,A].
 
     Classes outside the allowed set S learn 0 (per-class BCE). The set as a whole learns `target`
     through p_S = 1 - prod_{c in S}(1 - p_c), "one of these classes is here", which leaves the
     choice inside S to labels that make it. For |S| = 1 this is exactly the per-class BCE of that
     class, so exact labels train as before; an empty S (background) is all-zero targets.
+    `trained` [B,1,nc] bool (default all): classes outside it get no loss at all, for sources that
+    box only some people (their unboxed regions say nothing about the other classes).
     """
     sp = F.softplus(logits)  # -log(1 - p_c)
+    if trained is not None:
+        sp = sp * trained
     outside = (sp * ~allowed).sum(-1)
     u = (sp * allowed).sum(-1)  # -log(1 - p_S)
     has_set = allowed.any(-1)
@@ -79,10 +84,14 @@ class DetectionLoss:
         self.cfg, self.gains = cfg, gains
         self.allowed = torch.eye(cfg.nc, dtype=torch.bool) if allowed is None else torch.as_tensor(allowed).bool()
 
-    def __call__(self, out: HeadOutput, gt_labels: torch.Tensor, gt_boxes: torch.Tensor, gt_mask: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """gt_labels [B,M] long, gt_boxes [B,M,4] xyxy input pixels, gt_mask [B,M] bool."""
+    def __call__(self, out: HeadOutput, gt_labels: torch.Tensor, gt_boxes: torch.Tensor, gt_mask: torch.Tensor,
+                 class_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """gt_labels [B,M] long, gt_boxes [B,M,4] xyxy input pixels, gt_mask [B,M] bool; class_mask [B,nc]
+        bool: the classes each image trains (default all)."""
         reg_max = self.cfg.reg_max
+        if out.dist.dtype != torch.float32:  # autocast (bf16 / fp16): boxes, IoUs and losses in fp32
+            out = HeadOutput(out.dist.float(), out.cls.float(), None if out.quality is None else out.quality.float(),
+                             out.shapes, out.strides)
         b = out.cls.shape[0]
         anchors, strides = make_anchors(out.shapes, out.strides, out.cls.device, out.dist.dtype)
         pred_grid = decode_boxes(out.dist, anchors, reg_max)  # [B,A,4] grid units
@@ -95,7 +104,8 @@ class DetectionLoss:
         fg = learn.float()
         weight = asg.align * fg  # [B,A]
 
-        lcls = set_bce(out.cls.float(), asg.allowed, asg.align)
+        trained = None if class_mask is None else class_mask.to(out.cls.device).bool().unsqueeze(1)
+        lcls = set_bce(out.cls.float(), asg.allowed, asg.align, trained)
         loss_cls = (lcls * (~asg.ignore).float()).sum() / norm
 
         target_grid = asg.boxes / strides  # [B,A,4]

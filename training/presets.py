@@ -20,10 +20,15 @@ class ModelConfig:
     inner_ratio: float = 0.7  # Inner-IoU auxiliary box scale
     reg_max: int = 16
     backbone: Backbone = "yolo11"  # mobilenetv2: ImageNet-pretrained features (spdconv then only in the neck)
+    # the pretrained mobilenetv2's weights: "imagenet" (classification) or "ssdlite-person" (a TF
+    # SSDLite person detector); it also sets the input scaling inside the graph
+    backbone_init: str = "imagenet"
 
     def __post_init__(self) -> None:
         if self.backbone not in ("yolo11", "mobilenetv2"):
             raise ValueError(f"backbone must be 'yolo11' or 'mobilenetv2', got {self.backbone!r}")
+        if self.backbone_init not in ("imagenet", "ssdlite-person"):
+            raise ValueError(f"backbone_init must be 'imagenet' or 'ssdlite-person', got {self.backbone_init!r}")
         if self.scale not in ("n", "s"):
             raise ValueError(f"scale must be 'n' or 's', got {self.scale!r}")
         if self.box_loss not in ("ciou", "inner_ciou"):

@@ -121,7 +121,7 @@ def source_metrics(ds: DetectionDataset, dets: list[np.ndarray], threshold: floa
             ap50, ap5095 = coco_ap(class_gt[c], class_det[c], len(idx))
             per_class[space.names[c]] = {"AP50": ap50, "AP50_95": ap5095}
         at_op = decisions_at(fall_gt, fall_det, threshold)
-        out[name] = {"images": len(idx), "fall_boxes": sum(1 for *_, ig in fall_gt if not ig),
+        out[name] = {"images": len(idx), "boxes_everyone": source.boxes_everyone, "fall_boxes": sum(1 for *_, ig in fall_gt if not ig),
                      "person_boxes": len(person_gt), "fall_AP50": f50, "fall_AP50_95": f5095,
                      "person_AP50": p50, "person_AP50_95": p5095, "operating_point": threshold,
                      **{f"fall_{k}": v for k, v in at_op.items()}, "per_class": per_class,
@@ -139,6 +139,8 @@ def fitness(per_source: dict[str, dict]) -> float:
     """One number to pick the best epoch: mean over sources of (fall AP50-95 + person AP50-95) / 2.
 
     Every kind of camera counts the same, and it rewards what the product needs (find the person,
-    find the fall), not the posture classes only one staged source labels."""
-    vals = [((m["fall_AP50_95"] or 0.0) + (m["person_AP50_95"] or 0.0)) / 2 for m in per_source.values()]
+    find the fall), not the posture classes only one staged source labels. A source that boxes only
+    the fallen (fall-poses) counts by its fall AP alone: its bystanders carry no box."""
+    vals = [((m["fall_AP50_95"] or 0.0) + (m["person_AP50_95"] or 0.0)) / 2 if m.get("boxes_everyone", True)
+            else (m["fall_AP50_95"] or 0.0) for m in per_source.values()]
     return round(float(np.mean(vals)), 4) if vals else 0.0

@@ -172,14 +172,15 @@ class StepPipeline(Protocol):
 
 
 def analyze(frames: Iterable[Frame], worker: InferenceWorker, pipeline: StepPipeline,
-            video: VideoInfo | None = None, window: int | None = None) -> Iterator[dict]:
+            video: VideoInfo | None = None, window: int | None = None, weak: bool = False) -> Iterator[dict]:
     """The lines of a whole-video analysis, shared by `POST /v1/videos` and `python -m service analyze`.
 
     One `"type": "frame"` line per decoded frame, event lines as the fall rules raise them, and a
     final `"type": "summary"` line (`complete`: every declared frame was decoded). A decoding error
     part-way, or a file that ends before what its header declares (`"code": "ended_early"`), gives
     an `"type": "error"` line, then the events that close open falls and the summary of what was
-    decoded.
+    decoded. `weak`: frame lines also carry the tracked boxes under the reporting threshold
+    (`"weak"`), for evaluation replays; clients never get them.
     """
     started = time.perf_counter()
     count = 0
@@ -191,7 +192,7 @@ def analyze(frames: Iterable[Frame], worker: InferenceWorker, pipeline: StepPipe
             result, events = pipeline.step(frame, persons, latency_ms, 0)
             count += 1
             last_pts = frame.pts_s
-            yield result.to_json()
+            yield result.to_json(weak=True) if weak else result.to_json()
             for event in events:
                 yield _unstored(event)
     except CorruptVideoError as exc:
@@ -210,7 +211,8 @@ def analyze(frames: Iterable[Frame], worker: InferenceWorker, pipeline: StepPipe
     summary.setdefault("elapsed_s", round(time.perf_counter() - started, 3))
     threshold = getattr(getattr(worker, "runtime", None), "score_threshold", None)
     if threshold is not None:  # which model and threshold produced these results (replays use it)
-        summary.setdefault("model", {"file": worker.runtime.model_path.name, "score_threshold": threshold})
+        summary.setdefault("model", {"file": worker.runtime.model_path.name, "score_threshold": threshold,
+                                     "track_threshold": getattr(worker.runtime, "track_threshold", threshold)})
     if video is not None:
         summary.setdefault("video", video.to_json())
     if error is not None:

@@ -180,6 +180,11 @@ class DetectionDataset(Dataset):
         for p in self.problems:
             log.warning("dataset: %s", p)
         self.sample_weights = self._source_balanced_weights()
+        everyone = np.array([self.sources[smp.source].boxes_everyone if smp.source in self.sources else True
+                             for smp in self.samples], bool)
+        p = self.sample_weights * everyone
+        self._partner_p = p / p.sum() if p.sum() > 0 else self.sample_weights
+        self._by_source = {name: np.array(self.source_indices(name)) for name in self.sources}
 
     @classmethod
     def from_spec(cls, spec: DataSpec, split: str, imgsz: int, augment: AugmentConfig | None, seed: int = 0,
@@ -188,16 +193,43 @@ class DetectionDataset(Dataset):
         chosen = [s for s in spec.sources if sources is None or s.name in sources]
         if sources is not None and len(chosen) != len(set(sources)):
             raise ValueError(f"unknown sources {sorted(set(sources) - {s.name for s in spec.sources})}")
-        parts = [SplitPart(s, s.split_dir(split)) for s in chosen]
+        parts = [SplitPart(s, s.split_dir(split)) for s in chosen if s.split_dir(split) is not None]
         return cls(parts, spec.names, imgsz, augment, seed, workers, limit, space=spec.space)
 
     def _source_balanced_weights(self) -> np.ndarray:
-        """Per-sample probability so each source gets its weight's share, whatever its size."""
-        counts: dict[str, int] = {}
-        for s in self.samples:
-            counts[s.source] = counts.get(s.source, 0) + 1
-        w = np.array([self.sources[s.source].weight / counts[s.source] for s in self.samples], np.float64)
+        """Per-sample probability so each source gets its weight's share, whatever its size; inside a
+        source an image's chance is multiplied by its labels' `boost` (the largest one it holds)."""
+        inner = np.array([self._boost(s) for s in self.samples], np.float64)
+        totals: dict[str, float] = {}
+        for s, b in zip(self.samples, inner):
+            totals[s.source] = totals.get(s.source, 0.0) + b
+        w = np.array([self.sources[s.source].weight * b / totals[s.source] for s, b in zip(self.samples, inner)],
+                     np.float64)
         return w / w.sum() if len(w) else w
+
+    def _boost(self, s: Sample) -> float:
+        table = dict(self.sources[s.source].boost) if s.source in self.sources else {}
+        if not table or s.source_labels is None or not len(s.source_labels):
+            return 1.0
+        return max(1.0, *(table.get(int(label), 1.0) for label in s.source_labels))
+
+    def class_mask(self, i: int) -> np.ndarray:
+        """[nc] bool: the class logits sample i's source trains (Source.trains)."""
+        src = self.sources.get(self.samples[i].source)
+        mask = np.ones(self.space.nc, bool)
+        if src is not None and src.trains is not None:
+            mask[:] = False
+            mask[list(src.trains)] = True
+        return mask
+
+    def _mosaic_partners(self, i: int, rng: np.random.Generator) -> list[int]:
+        """Three partners drawn as samples are. A source that boxes only some people keeps its
+        mosaics to itself, so its class mask holds over the whole image."""
+        src = self.sources.get(self.samples[i].source)
+        if src is None or src.boxes_everyone:
+            return list(rng.choice(len(self), 3, p=self._partner_p))
+        own = self._by_source[src.name]
+        return list(own[rng.choice(len(own), 3)])
 
     def source_indices(self, name: str) -> list[int]:
         return [i for i, s in enumerate(self.samples) if s.source == name]
@@ -215,7 +247,7 @@ class DetectionDataset(Dataset):
         boxes = xywhn_to_xyxy(s.boxes_xywhn, img.shape[1], img.shape[0]).astype(np.float32)
         return img, boxes, s.labels
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng((self.seed, self.epoch, i))
         if self.aug is None:
             img, boxes, labels = self.raw(i)
@@ -223,7 +255,7 @@ class DetectionDataset(Dataset):
             boxes = boxes * r + np.array([left, top, left, top], np.float32)
         else:
             if self.mosaic_on and rng.random() < self.aug.mosaic:
-                idx = [i, *rng.choice(len(self), 3, p=self.sample_weights)]  # partners as sampled
+                idx = [i, *self._mosaic_partners(i, rng)]
                 img, boxes, labels = A.mosaic_then_affine([self.raw(j) for j in idx], self.imgsz, rng,
                                                           self.aug.scale, self.aug.translate)
             else:
@@ -240,12 +272,13 @@ class DetectionDataset(Dataset):
             if rng.random() < self.aug.fliplr:
                 img, boxes = A.hflip(img, boxes)
         chw = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))  # BGR -> RGB, CHW uint8
-        return chw, boxes.astype(np.float32), labels.astype(np.int64)
+        return chw, boxes.astype(np.float32), labels.astype(np.int64), self.class_mask(i)
 
 
 def collate(batch) -> dict[str, torch.Tensor]:
-    """Stack uint8 images; pad targets to the batch's max count with a mask (static-friendly)."""
-    imgs, boxes, labels = zip(*batch)
+    """Stack uint8 images; pad targets to the batch's max count with a mask (static-friendly);
+    `class_mask` [B,nc]: the class logits each image trains."""
+    imgs, boxes, labels, class_masks = zip(*batch)
     m = max(1, max(len(b) for b in boxes))
     n = len(batch)
     gt_boxes = torch.zeros(n, m, 4)
@@ -255,4 +288,5 @@ def collate(batch) -> dict[str, torch.Tensor]:
         gt_boxes[k, : len(b)] = torch.from_numpy(b)
         gt_labels[k, : len(l)] = torch.from_numpy(l)
         gt_mask[k, : len(b)] = True
-    return {"images": torch.stack(imgs), "boxes": gt_boxes, "labels": gt_labels, "mask": gt_mask}
+    return {"images": torch.stack(imgs), "boxes": gt_boxes, "labels": gt_labels, "mask": gt_mask,
+            "class_mask": torch.from_numpy(np.stack(class_masks))}

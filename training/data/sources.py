@@ -79,12 +79,24 @@ class Source:
     name: str
     root: Path
     train: Path
-    val: Path
+    val: Path | None  # None: train only (no fair held-out camera, e.g. clinic-cctv)
     label_names: tuple[str, ...]  # the source's own names, index = its label id
     to_target: tuple[int, ...]  # source label id -> target id (DROP: left out)
     weight: float = 1.0
+    # The model classes whose logits this source's images train (None: all). A source that boxes
+    # only some people (fall-poses boxes the fallen, not the bystanders) trains only those classes:
+    # its unboxed regions say "not a fall", never "nobody here" or "not standing".
+    trains: tuple[int, ...] | None = None
+    # Per-label multipliers of an image's chance to be drawn (the largest of its boxes' labels):
+    # rare postures that decide alerts (lying, sitting) are seen more often.
+    boost: tuple[tuple[int, float], ...] = ()
 
-    def split_dir(self, split: str) -> Path:
+    @property
+    def boxes_everyone(self) -> bool:
+        """Whether every person in its images is boxed (person AP and background are meaningful)."""
+        return self.trains is None
+
+    def split_dir(self, split: str) -> Path | None:
         return {"train": self.train, "val": self.val}[split]
 
 
@@ -121,10 +133,10 @@ def _yaml_names(doc: dict) -> list[str]:
     return [str(n) for n in names]
 
 
-def _split_dirs(yaml_path: Path) -> tuple[Path, Path, list[str]]:
+def _split_dirs(yaml_path: Path) -> tuple[Path, Path | None, list[str]]:
     doc = yaml.safe_load(yaml_path.read_text())
     root = (yaml_path.parent / doc.get("path", ".")).resolve()
-    return root / doc["train"], root / doc["val"], _yaml_names(doc)
+    return root / doc["train"], (root / doc["val"]) if doc.get("val") else None, _yaml_names(doc)
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -147,7 +159,7 @@ def load_data_config(path: str | Path) -> DataSpec:
     space = LabelSpace.exact(names)
     sources = []
     for sname, sdoc in doc["sources"].items():
-        unknown = set(sdoc) - {"path", "weight", "classes"}
+        unknown = set(sdoc) - {"path", "weight", "classes", "trains", "boost"}
         if unknown:
             raise ValueError(f"{path}: source {sname!r} has unknown keys {sorted(unknown)}")
         folder = _resolve(sdoc.get("path", sname), data_root())
@@ -170,7 +182,22 @@ def load_data_config(path: str | Path) -> DataSpec:
         weight = float(sdoc.get("weight", 1.0))
         if weight <= 0:
             raise ValueError(f"{path}: source {sname!r} weight must be > 0")
-        sources.append(Source(sname, folder, train, val, tuple(label_names), tuple(to_target), weight))
+        trains = None
+        if "trains" in sdoc:
+            trains = tuple(sorted(_allowed(sdoc["trains"], names, f"{sname}.trains")))
+            outside = sorted({names[c] for t in to_target if t != DROP for c in space.targets[t][1]} -
+                             {names[c] for c in trains})
+            if outside:
+                raise ValueError(f"{path}: source {sname!r} labels classes {outside} it does not train ('trains')")
+        boost = []
+        for label, factor in (sdoc.get("boost") or {}).items():
+            if label not in label_names:
+                raise ValueError(f"{path}: source {sname!r} boosts a label it does not have: {label!r}")
+            if float(factor) <= 0:
+                raise ValueError(f"{path}: source {sname!r} boost of {label!r} must be > 0")
+            boost.append((label_names.index(label), float(factor)))
+        sources.append(Source(sname, folder, train, val, tuple(label_names), tuple(to_target), weight, trains,
+                              tuple(boost)))
     return DataSpec(space, tuple(sources))
 
 

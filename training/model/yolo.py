@@ -43,7 +43,7 @@ class YOLO(nn.Module):
         spd = cfg.spdconv
         self.backbone: MobileNetV2Backbone | None = None
         if cfg.backbone == "mobilenetv2":
-            self.backbone = MobileNetV2Backbone()
+            self.backbone = MobileNetV2Backbone(init=cfg.backbone_init)
             p3c, p4c, p5c = self.backbone.out_channels
         else:
             p3c, p4c, p5c = c(512), c(512), c(1024)
