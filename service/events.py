@@ -27,7 +27,7 @@ A fall that ends before it is confirmed raises nothing; it is still recorded for
 
 How long a fall must last before it is confirmed depends on how the person came down. A fall
 whose onset comes within `descent_s` of the track last being upright (an `upright_actions`
-posture, by default `stand`) is a fall as it happens: `confirm_s`. Anything else, a person who
+posture, by default `stand`, or of leaving a bed zone) is a fall as it happens: `confirm_s`. Anything else, a person who
 sat on the floor and then lay down, who crawls, or who is first seen already down, is confirmed
 only after `slow_confirm_s` down: lying down on purpose is not an emergency, lying there for
 long may be.
@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from service.timeline import TrackStatus
+
+IN_BED = "in_bed"  # the action the bed zones give a track while it is in a bed (service/zones.py)
 
 EventType = Literal["fall_alert", "still_down", "fall_cleared"]
 ClearReason = Literal["recovered", "track_lost", "source_ended"]
@@ -142,8 +144,8 @@ class FallRules:
         """Compare the track's previous fall state with `status` and say what changed."""
         st = self._tracks.setdefault(status.track_id, _TrackState())
         events: list[Event] = []
-        if status.action in self.upright_actions:
-            st.last_upright_s = status.pts_s
+        if status.action in self.upright_actions or status.action == IN_BED:
+            st.last_upright_s = status.pts_s  # out of bed onto the floor is a fall as it happens
         if status.action != "fall":
             if st.fall is not None:  # recovered: the segment after the fall started then
                 events += self._finish(st, status.start_frame, status.start_pts_s, status.start_at,

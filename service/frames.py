@@ -42,6 +42,11 @@ class Person:
     # At or above the reporting threshold (the model's operating point). Weaker boxes still reach
     # the tracker (ByteTrack's second stage keeps a track alive through them) but not clients.
     reported: bool = True
+    # Set by the pipeline on tracked persons: the track's smoothed posture, and whether the track is
+    # down in the sense of the fall rules (a fall segment, not in a bed zone). `fall` in results
+    # then means what an alert means, not one box's class.
+    posture: str | None = None
+    down: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.action:
@@ -49,11 +54,14 @@ class Person:
 
     @property
     def fall(self) -> bool:
-        return self.action == "fall"
+        """The track is down (tracked persons), else this box's class is `fall` (a single frame)."""
+        return self.down if self.down is not None else self.action == "fall"
 
     def to_json(self) -> dict:
         out = {"box": [round(float(v), 1) for v in self.box], "score": round(float(self.score), 4),
                "action": self.action, "fall": self.fall, "track_id": self.track_id}
+        if self.posture is not None:
+            out["posture"] = self.posture
         if self.class_scores is not None:
             out["class_scores"] = list(self.class_scores)
         return out

@@ -171,10 +171,12 @@ class SourcePipeline:
                         in_bed[p.track_id] = self._beds.in_bed(p.track_id)
             alive = self._tracker.alive
             events: list[Event] = []
+            postures_now: dict[int, str | None] = {}
             for tid in sorted(self._timeline.open_ids()):
                 status = self._timeline.status(tid, frame.index, frame.pts_s, frame.captured_at)
                 if status is None:
                     continue
+                postures_now[tid] = status.action
                 if tid in alive:
                     events += self._rules.update(self._beds.gate(status))
                 else:
@@ -188,13 +190,21 @@ class SourcePipeline:
                                                    f"FALL track {event.track_id}",
                                                    self.settings.snapshot_quality)
             self._note(frame, events)
-            reported = [p for p in tracked if p.reported]
+            reported = [self._with_state(p, postures_now, in_bed) for p in tracked if p.reported]
             result = FrameResult(source=self.source, frame=frame.index, pts_s=frame.pts_s,
                                  captured_at=frame.captured_at, latency_ms=latency_ms,
                                  dropped=dropped, persons=reported, width=w, height=h,
                                  weak=[p for p in tracked if not p.reported and p.track_id is not None])
             ignored = sum(1 for p in persons if p.reported) - sum(1 for p in kept if p.reported)
             return frame_result_with_zones(result, in_bed, ignored), events
+
+    @staticmethod
+    def _with_state(p: Person, postures: dict[int, str | None], in_bed: dict[int, str]) -> Person:
+        """A tracked person with its track's smoothed posture and `down` (a fall segment, not in bed)."""
+        if p.track_id is None or p.track_id not in postures:
+            return p
+        posture = postures[p.track_id]
+        return replace(p, posture=posture, down=posture == "fall" and p.track_id not in in_bed)
 
     def set_zones(self, zones: list[Zone]) -> None:
         """Replace the source's zones; the next frame uses them (no reconnect, tracks kept)."""

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Literal, Sequence
 
+from service.events import IN_BED  # the action the fall rules see while a track is in bed
 from service.frames import FrameResult
 
 ZoneKind = Literal["bed", "ignore"]
@@ -37,7 +38,6 @@ MAX_NAME = 64
 MIN_AREA = 1e-4  # of the whole picture (a 1 % x 1 % square): smaller is a stray click, refused
 BED_OVERLAP = 0.5  # share of a box's lower half inside a bed zone for "in bed"
 IGNORE_OVERLAP = 0.5  # share of a box inside an ignore zone for the detection to be dropped
-IN_BED = "in_bed"  # the action the fall rules see while a track is in bed
 
 Point = tuple[float, float]
 Box = tuple[float, float, float, float]

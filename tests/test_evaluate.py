@@ -86,8 +86,10 @@ def test_missed_fall_and_early_alert_count_against_the_clip():
 def test_adl_clip_counts_false_fall_segments_and_ignores_flicker():
     flicker = score_clip(ADL_CLIP, analysed("S" * 45 + "F" + "S" * 10 + "FF" + "T" * 32))
     assert flicker["false_fall_segments"] == 0 and flicker["false_alerts"] == 0
-    score = score_clip(ADL_CLIP, analysed("S" * 30 + "F" * 40 + "T" * 20))
+    score = score_clip(ADL_CLIP, analysed("T" * 30 + "F" * 40 + "T" * 20))  # down from standing: alerted
     assert score["false_fall_segments"] == 1 and score["false_alerts"] == 1 and score["alert_raised"]
+    slow = score_clip(ADL_CLIP, analysed("S" * 30 + "F" * 40 + "T" * 20))  # lay down from sitting: a segment only
+    assert slow["false_fall_segments"] == 1 and slow["false_alerts"] == 0
 
 
 def test_cli_reads_saved_ndjson_and_prints_json_or_a_table(tmp_path: Path, capsys):

@@ -171,6 +171,8 @@ def test_out_of_bed_and_down_on_the_floor_alerts_counted_from_leaving_the_bed():
 
 def test_getting_into_bed_clears_a_fall_under_way_as_recovered():
     feed = Feed([BED])
+    feed.run(1.0, (STAND_BOX, "stand"))
+    feed.move(0.3, STAND_BOX, FLOOR_BOX, "fall")  # falls
     feed.run(3.0, (FLOOR_BOX, "fall"))
     assert feed.kinds() == ["fall_alert"]
     feed.move(1.0, FLOOR_BOX, IN_BED_BOX, "fall")  # helped into bed
