@@ -37,15 +37,36 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
 
+    tls = _tls_options(args)
+    if isinstance(tls, str):
+        print(f"error: {tls}", file=sys.stderr)
+        return 2
     settings = _settings(args.model)
     try:
         app = create_app(settings)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=1 << 20,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **tls)
     return 0
+
+
+def _tls_options(args: argparse.Namespace) -> dict | str:
+    """uvicorn's TLS options from `--ssl-certfile/--ssl-keyfile` (or FALLDET_SSL_CERTFILE /
+    FALLDET_SSL_KEYFILE); {} for plain HTTP; a message when only one is given or a file is missing."""
+    import os
+
+    cert = args.ssl_certfile or os.environ.get("FALLDET_SSL_CERTFILE") or None
+    key = args.ssl_keyfile or os.environ.get("FALLDET_SSL_KEYFILE") or None
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        return "HTTPS needs both --ssl-certfile and --ssl-keyfile (or FALLDET_SSL_CERTFILE and FALLDET_SSL_KEYFILE)"
+    for what, path in (("certificate", cert), ("key", key)):
+        if not Path(path).is_file():
+            return f"TLS {what} file not found: {path}"
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
 def analyze(args: argparse.Namespace) -> int:
@@ -128,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", type=Path, help="ONNX model (default: FALLDET_MODEL or models/fall-detector.onnx)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this PEM certificate (chain); "
+                   "default FALLDET_SSL_CERTFILE; docs/deploy.md")
+    p.add_argument("--ssl-keyfile", type=Path, help="the certificate's PEM private key (default FALLDET_SSL_KEYFILE)")
     p.set_defaults(run=serve)
 
     p = commands.add_parser("analyze", help="analyse a video file: NDJSON results on stdout")

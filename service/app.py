@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import sys
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -19,7 +18,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY
 from prometheus_client.registry import Collector
 
-from service import log_redact, metrics
+from service import api_key_file, log_redact, metrics
 from service.api import alerts, detect, health, streams as streams_api, videos, web, ws
 from service.api import clips as clips_api, zones as zones_api
 from service.bus import EventBus
@@ -36,11 +35,12 @@ log = logging.getLogger(__name__)
 
 
 def resolve_api_keys(settings: Settings) -> list[str]:
-    """The configured keys, or one random key made now and printed once (never run open)."""
+    """The configured keys, else the key kept in the state folder (made once; never run open)."""
     if settings.api_keys:
         return list(settings.api_keys)
-    key = secrets.token_urlsafe(24)
-    print(f"FALLDET_API_KEYS is not set; this run's API key: {key}", file=sys.stderr, flush=True)
+    key, path, created = api_key_file.load_or_create(settings.state_dir)
+    print(f"FALLDET_API_KEYS is not set; the API key {'was made and ' if created else ''}is in {path.resolve()} "
+          f"(mode 0600, kept across restarts; delete it for a new one)", file=sys.stderr, flush=True)
     return [key]
 
 

@@ -13,6 +13,12 @@ Per source (`SourceClips`, one per live camera or clip-enabled upload):
   the person's box on every clip frame, also on frames the model did not process: the nearest
   result within `BOX_HOLD_S` gives it) and starts a clip job on each `fall_alert`: the buffered frames
   from `onset - pre_s` go to the job at once, later frames as they arrive, until `alert + post_s`.
+- A `fall_alert` whose span overlaps a clip of the same camera still being recorded joins that clip
+  (its end moves to the new `alert + post_s`, up to `max_clip_s` in all): a camera that alerts
+  every few seconds (an alert storm) makes one longer clip, not one encoder job per alert, so the
+  single writer keeps up. Every alert of a merged clip is linked to the same file.
+- Where a clip cannot be made (over `max_active`, no frames, an encoder error) the alert is told
+  why (`on_done` with `job.written` False and `job.error`), never dropped silently.
 - A job hands frames to the writer only once a result at or after their time is known (their box
   is then known); it ends at `alert + post_s` of stream time, or, for a live camera, when the wall
   clock passes that point plus `DEADLINE_GRACE_S` (a camera that disconnected mid-way: the clip is
@@ -80,8 +86,13 @@ class ClipSettings(BaseModel):
     buffer_mb_per_camera: float = Field(64.0, gt=0, description="memory cap of one camera's buffer, MiB")
     buffer_mb_total: float = Field(512.0, gt=0, description="memory cap of all cameras' buffers together, MiB")
     crf: int = Field(28, ge=0, le=51, description="H.264 quality (libx264 CRF; lower is better and larger)")
-    max_active: int = Field(8, ge=1, description="most clips recorded or written at once; a fall beyond it "
-                                                 "gets no clip (logged, falldet_clips_failed_total)")
+    max_active: int = Field(8, ge=1, description="most clips recorded or written at once (a clip of "
+                                                 "several overlapping alerts of one camera counts once); a "
+                                                 "fall beyond it gets no clip and its alert says why "
+                                                 "(clip_status failed, falldet_clips_failed_total)")
+    max_clip_s: float = Field(120.0, gt=0, le=1800, description="longest clip when overlapping alerts of one "
+                                                                "camera are merged into one; a later alert "
+                                                                "starts a new clip")
 
 
 def pick_codec() -> str:
@@ -138,6 +149,7 @@ class ClipJob:
     deadline: float  # wall clock after which a live job is closed with what it has (inf: uploads)
     path: Path  # final file
     on_done: Callable[["ClipJob"], None] | None = None
+    merged: list[str] = field(default_factory=list)  # later alerts of the camera that share this clip
     pending: deque = field(default_factory=deque)  # frames waiting for their box
     frames: int = 0  # frames handed to the writer
     ended: bool = False
@@ -152,7 +164,7 @@ class ClipJob:
 
     def to_json(self) -> dict:
         return {"alert_id": self.alert_id, "source": self.source, "track_id": self.track_id,
-                "written": self.written, "error": self.error, "frames": self.frames, "bytes": self.bytes,
+                "merged": list(self.merged), "written": self.written, "error": self.error, "frames": self.frames, "bytes": self.bytes,
                 "duration_s": round(self.duration_s, 3),
                 "first_s": None if self.first_s is None else round(self.first_s, 4),
                 "start_s": round(self.start_s, 4), "end_s": round(self.end_s, 4)}
@@ -165,7 +177,8 @@ class SourceClips:
                  path_for: Callable[[Any], Path], live: bool, budget: BufferBudget | None = None,
                  on_done: Callable[[ClipJob], None] | None = None) -> None:
         """`path_for(event)`: where the clip of that fall_alert goes; `on_done(job)` runs on the
-        writer thread once the clip is durable (or failed: `job.written` False)."""
+        writer thread once the clip is durable (or failed: `job.written` False, `job.error` says why;
+        a fall refused a clip gets a job that never started, with its reason)."""
         self.source = source
         self.settings = settings
         self.writer = writer
@@ -284,10 +297,13 @@ class SourceClips:
 
     def _start(self, event: Any) -> None:
         s = self.settings
+        if self._merge(event):
+            return
         if self.writer.active >= s.max_active:
             CLIPS_FAILED.labels("too_many").inc()
-            log.warning("%s: no clip for alert %s: %d clips already being made (clips.max_active)",
-                        self.source, event.id, s.max_active)
+            reason = f"{s.max_active} clips already being made at once (clips.max_active)"
+            log.warning("%s: no clip for alert %s: %s", self.source, event.id, reason)
+            self._refused(event, reason)
             return
         job = ClipJob(alert_id=event.id, source=self.source, track_id=event.track_id,
                       onset_s=event.started_pts_s, alert_s=event.pts_s,
@@ -301,6 +317,39 @@ class SourceClips:
         self.writer.open(job)
         if self._buffer and self._buffer[-1].pts_s > job.end_s:
             self._end(job)
+
+    def _merge(self, event: Any) -> bool:
+        """Join an overlapping clip of this camera still being recorded (call with the lock)."""
+        s = self.settings
+        start, end = event.started_pts_s - s.pre_s, event.pts_s + s.post_s
+        for job in self._jobs:
+            if job.ended or start > job.end_s or end - job.start_s > s.max_clip_s:
+                continue
+            if end > job.end_s:
+                if self.live:
+                    job.deadline += end - job.end_s
+                job.end_s = end
+            job.merged.append(event.id)  # an upload's clip line lists them (`merged`)
+            log.info("%s: alert %s joins the clip of alert %s (now to %.1f s)", self.source, event.id,
+                     job.alert_id, job.end_s)
+            return True
+        return False
+
+    def _refused(self, event: Any, reason: str) -> None:
+        """A fall that gets no clip: its alert is told why through `on_done` (a job never started)."""
+        job = ClipJob(alert_id=event.id, source=self.source, track_id=event.track_id,
+                      onset_s=event.started_pts_s, alert_s=event.pts_s, start_s=event.started_pts_s,
+                      end_s=event.pts_s, deadline=0.0, path=Path(os.devnull), on_done=self.on_done,
+                      ended=True, error=reason)
+        if not self.live:
+            self.jobs.append(job)
+        try:
+            if job.on_done is not None:
+                job.on_done(job)
+        except Exception:
+            log.exception("clip of alert %s: on_done failed", job.alert_id)
+        finally:
+            job.done.set()
 
     def _box(self, job: ClipJob, pts_s: float) -> tuple | None:
         """The job's person's box at `pts_s`: from the nearest result within BOX_HOLD_S."""
@@ -639,10 +688,12 @@ class ClipService:
         self._next_sweep = 0.0
         self.writer = ClipWriter(settings)
         self.budget = BufferBudget(int(settings.buffer_mb_total * 2**20))
-        self._unlinked: dict[str, tuple[str, int, float]] = {}  # alert id -> (rel, bytes, since)
+        self._unlinked: dict[str, tuple[str | None, int, str | None, float]] = {}  # id -> (rel, bytes, error, since)
         self._lock = threading.Lock()
         self.writer.add_tick(self._retry_links)
         self.writer.add_tick(self._sweep_uploads)
+        if store is not None:  # the store says "clips disabled" rather than "pending" for new falls
+            store.clips_enabled = settings.enabled
         self._sweep_uploads(time.time(), temp_age_s=0.0)  # temp files of a previous run: dead writes
 
     @property
@@ -675,23 +726,32 @@ class ClipService:
         return self.folder / day / f"{event.id}.mp4"
 
     def _link(self, job: ClipJob) -> None:
-        if not job.written or self.store is None:
+        """Tell the store how the clip of every alert of `job` ended: the file, or why there is none."""
+        if self.store is None:
             return
-        rel = job.path.relative_to(self.folder).as_posix()
-        if not self.store.attach_clip(job.alert_id, rel, job.bytes):
-            # the alert is not stored yet (the bus retries a failing store): link it when it is
-            with self._lock:
-                self._unlinked[job.alert_id] = (rel, job.bytes, time.time())
+        rel = job.path.relative_to(self.folder).as_posix() if job.written else None
+        error = None if job.written else (job.error or "not written")
+        for alert_id in (job.alert_id, *job.merged):
+            if not self._settle(alert_id, rel, job.bytes, error):
+                # the alert is not stored yet (it is published after its clip starts, and the bus
+                # retries a failing store): settle it when it is
+                with self._lock:
+                    self._unlinked[alert_id] = (rel, job.bytes, error, time.time())
+
+    def _settle(self, alert_id: str, rel: str | None, size: int, error: str | None) -> bool:
+        try:
+            if rel is not None:
+                return bool(self.store.attach_clip(alert_id, rel, size))
+            return bool(self.store.clip_failed(alert_id, error or "not written"))
+        except Exception:
+            log.exception("clip of alert %s: the store refused its outcome", alert_id)
+            return False
 
     def _retry_links(self, now: float) -> None:
         with self._lock:
             waiting = list(self._unlinked.items())
-        for alert_id, (rel, size, since) in waiting:
-            try:
-                linked = self.store.attach_clip(alert_id, rel, size)
-            except Exception:
-                linked = False
-            if linked or now - since > 3600:
+        for alert_id, (rel, size, error, since) in waiting:
+            if self._settle(alert_id, rel, size, error) or now - since > 3600:
                 with self._lock:
                     self._unlinked.pop(alert_id, None)
 

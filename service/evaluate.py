@@ -277,6 +277,7 @@ def overall(clips: list[dict]) -> dict:
                                              if c.get("time_down_error_s") is not None]),
         "false_fall_segments_adl": sum(c["false_fall_segments"] for c in adls),
         "false_alerts_adl": sum(c["false_alerts"] for c in adls),
+        "adl_clips_alerted": sum(1 for c in adls if c["false_alerts"]),
         "false_fall_segments_all": sum(c["false_fall_segments"] for c in clips),
         "false_alerts_all": sum(c["false_alerts"] for c in clips),
         "frames_scored": scored,
@@ -340,7 +341,7 @@ def format_table(report: dict) -> str:
         f"{_fmt(o['mean_abs_onset_error_s'])} s   mean alert delay: {_fmt(o['mean_alert_delay_s'])} s   "
         f"mean |time-down error|: {_fmt(o['mean_abs_time_down_error_s'])} s",
         f"daily-activity clips: {o['false_fall_segments_adl']} false fall segments, "
-        f"{o['false_alerts_adl']} false alerts",
+        f"{o['false_alerts_adl']} false alerts in {o['adl_clips_alerted']} of {o['adl_clips']} clips",
         f"frame action accuracy inside annotated ranges: {_fmt(o['action_accuracy'], '.3f')} smoothed, "
         f"{_fmt(o['raw_action_accuracy'], '.3f')} raw ({o['frames_scored']} frames)",
     ]

@@ -27,10 +27,11 @@ A fall that ends before it is confirmed raises nothing; it is still recorded for
 
 How long a fall must last before it is confirmed depends on how the person came down. A fall
 whose onset comes within `descent_s` of the track last being upright (an `upright_actions`
-posture, by default `stand`, or of leaving a bed zone) is a fall as it happens: `confirm_s`. Anything else, a person who
-sat on the floor and then lay down, who crawls, or who is first seen already down, is confirmed
-only after `slow_confirm_s` down: lying down on purpose is not an emergency, lying there for
-long may be.
+posture, by default `stand`, or of leaving a bed zone) is a fall as it happens: `confirm_s`. After
+any other posture (a person who sat on the floor and then lay down, who kneels and crawls) it is
+confirmed only after `slow_confirm_s` down: lying down on purpose is not an emergency, lying there
+for long may be. A person first seen down (the camera or the track started then) is confirmed after
+`confirm_s`: nothing says they lay down on purpose.
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ class _TrackState:
     # (frame, pts_s, at) of the current fall's latest event: a clear is never placed before it
     last_event: tuple[int, float, float] | None = None
     last_upright_s: float | None = None  # the latest frame whose smoothed posture was upright
+    seen_other: bool = False  # the track held a posture other than `fall` before (any at all)
 
 
 class FallRules:
@@ -146,6 +148,8 @@ class FallRules:
         events: list[Event] = []
         if status.action in self.upright_actions or status.action == IN_BED:
             st.last_upright_s = status.pts_s  # out of bed onto the floor is a fall as it happens
+        if status.action is not None and status.action != "fall" and st.fall is None:
+            st.seen_other = True
         if status.action != "fall":
             if st.fall is not None:  # recovered: the segment after the fall started then
                 events += self._finish(st, status.start_frame, status.start_pts_s, status.start_at,
@@ -183,8 +187,10 @@ class FallRules:
         return events
 
     def _confirm_after(self, st: _TrackState, fall: FallRecord) -> float:
-        """Seconds down before an alert: short after a descent from upright, long otherwise."""
-        if self.descent_s is None:
+        """Seconds down before an alert: short after a descent from upright, or for a person first
+        seen down (no evidence of a slow transition; also a track the tracker restarted after a fall);
+        long after a slow transition (sitting, then lying down)."""
+        if self.descent_s is None or not st.seen_other:
             return self.confirm_s
         came_down = st.last_upright_s is not None and fall.onset_s - st.last_upright_s <= self.descent_s
         return self.confirm_s if came_down else self.slow_confirm_s

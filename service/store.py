@@ -40,11 +40,13 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.store_clips import StoreClips, clip_fields
+
 log = logging.getLogger(__name__)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # event ids become file names: nothing else passes
 STATES = ("open", "acked", "all")
-EVENT_TYPES = ("fall_alert", "still_down", "fall_cleared")
+EVENT_TYPES = ("fall_alert", "still_down", "fall_cleared", "camera_offline", "camera_online")
 Outcome = Literal["pending", "delivered", "given_up"]
 
 # Append-only. Index i brings the schema from version i to version i + 1.
@@ -115,6 +117,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN clip TEXT;
     ALTER TABLE events ADD COLUMN clip_bytes INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX events_clip_seq ON events(seq) WHERE clip IS NOT NULL;
+    """,
+    """
+    -- Why a fall_alert has no clip (service/store_clips.py), and clip outcomes not yet sent on MQTT.
+    ALTER TABLE events ADD COLUMN clip_error TEXT;
+    ALTER TABLE events ADD COLUMN clip_sent INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX events_clip_unsent ON events(seq) WHERE clip_sent = 0;
     """,
 )
 EARLY_ACK_MAX_AGE_S = 7 * 86400  # an event arrives within replay_max_age_s (a day) or never
@@ -211,7 +219,7 @@ def _unlink_all(folder: Path, files: list[tuple[str, int]]) -> int:
     return freed
 
 
-class AlertStore:
+class AlertStore(StoreClips):
     """SQLite (WAL) alert store with snapshots on disk; see the module docstring for guarantees."""
 
     def __init__(self, db_path: Path, snapshot_dir: Path,
@@ -308,7 +316,8 @@ class AlertStore:
                 raise ValueError(f"remote event lacks a valid {key!r}")
         if payload["type"] not in EVENT_TYPES or not isinstance(payload.get("track_id"), (int, type(None))):
             raise ValueError(f"remote event has an unknown type {payload['type']!r} or a bad track_id")
-        body = {k: v for k, v in payload.items() if k not in {"acked", "ack", "snapshot_url", "clip_url", "origin", "pod"}}
+        body = {k: v for k, v in payload.items() if k not in {"acked", "ack", "snapshot_url", "clip_url", "clip_status", "clip_error",
+                                                        "origin", "pod"}}
         return self._insert(body, snapshot, run=None, origin=str(origin))
 
     def _insert(self, body: dict, snapshot: bytes | None, run: str | None, origin: str | None
@@ -381,7 +390,7 @@ class AlertStore:
         alert["ack"] = ({"by": row["acked_by"], "at": row["acked_at"], "comment": row["ack_comment"]}
                         if acked else None)
         alert["snapshot_url"] = f"/v1/alerts/{row['id']}/snapshot.jpg" if row["snapshot"] else None
-        alert["clip_url"] = f"/v1/alerts/{row['id']}/clip.mp4" if row["clip"] else None
+        alert.update(clip_fields(row, self.run_id, self.clips_enabled))
         alert["origin"] = row["origin"]
         return alert
 
@@ -435,26 +444,6 @@ class AlertStore:
         path = folder / row[column]
         return path if path.is_file() else None
 
-    # ---------------------------------------------------------------- fall clips
-    def attach_clip(self, alert_id: str, rel: str, size: int) -> bool:
-        """Link a written clip (path relative to `clip_dir`, already durable) to its alert.
-        False when the alert is not stored (yet)."""
-        alert_id = _check_id(alert_id)
-        with self._lock:
-            cur = self._durable.execute("UPDATE events SET clip = ?, clip_bytes = ? WHERE id = ?",
-                                        (str(rel), int(size), alert_id))
-            linked = cur.rowcount == 1
-        if linked:
-            self._changed()
-        return linked
-
-    def clip_path(self, alert_id: str) -> Path | None:
-        """The alert's clip file, or None (no clip yet, none made, or pruned)."""
-        return self._stored_file(alert_id, "clip", self.clip_dir)
-
-    def _remove_clip_files(self, files: list[tuple[str, int]]) -> int:
-        return _unlink_all(self.clip_dir, files)
-
     def _files_to_prune(self, column: str, max_age_days: float | None, max_mb: float | None, now: float,
                         channels: str, what: str, kept: str) -> list[int]:
         """Seqs whose file (`column`: snapshot or clip) goes: those older than `max_age_days`, then the
@@ -486,71 +475,25 @@ class AlertStore:
                         what, total / 2**20, cap / 2**20, kept)
         return doomed
 
-    def _prune_clips(self, policy: RetentionSettings, now: float, channels: str) -> tuple[int, int]:
-        """Clips by age, then the oldest while all together exceed the cap; an unacknowledged fall
-        alert keeps its clip (`_KEEP`). Row first (committed), then the file."""
-        max_age = getattr(policy, "clip_max_age_days", None)
-        max_mb = getattr(policy, "clip_max_total_mb", None)
-        with self._lock:
-            doomed = self._files_to_prune("clip", max_age, max_mb, now, channels,
-                                          "fall clips", "unacknowledged fall alerts")
-        count = freed = 0
-        for i in range(0, len(doomed), self.PRUNE_BATCH):
-            batch = json.dumps(doomed[i:i + self.PRUNE_BATCH])
-            with self._lock:
-                self._durable.execute("BEGIN IMMEDIATE")
-                try:
-                    rows = self._durable.execute(
-                        f"SELECT e.seq, e.clip, e.clip_bytes FROM events e WHERE e.clip IS NOT NULL"
-                        f" AND e.seq IN (SELECT value FROM json_each(:batch)) AND NOT {self._KEEP}",
-                        {"batch": batch, "channels": channels}).fetchall()
-                    self._durable.execute("UPDATE events SET clip = NULL WHERE seq IN (SELECT value FROM json_each(?))",
-                                          (json.dumps([r[0] for r in rows]),))
-                    self._durable.execute("COMMIT")
-                except BaseException:
-                    if self._durable.in_transaction:
-                        self._durable.execute("ROLLBACK")
-                    raise
-            count += len(rows)
-            freed += self._remove_clip_files([(r[1], r[2]) for r in rows])
-        with self._lock:
-            self._counters["pruned_clips"] = self._counters.get("pruned_clips", 0) + count
-        return count, freed
-
-    def _remove_orphan_clips(self, now: float, older_than_s: float = 3600.0) -> int:
-        """Clip files no row points at (a clip whose alert was deleted, or a crash before the link),
-        and temporary files of writes that died."""
-        with self._lock:
-            known = {r[0] for r in self._durable.execute("SELECT clip FROM events WHERE clip IS NOT NULL")}
-        removed = 0
-        for path in self.clip_dir.glob("[0-9]*/*.mp4"):  # day folders (uploads/ is the clip service's)
-            rel = path.relative_to(self.clip_dir).as_posix()
-            try:
-                if rel not in known and path.stat().st_mtime < now - older_than_s:
-                    path.unlink()
-                    removed += 1
-            except OSError:
-                pass
-        self._remove_clip_temp_files(older_than_s)
-        return removed
-
-    def _remove_clip_temp_files(self, older_than_s: float) -> None:
-        cutoff = time.time() - older_than_s
-        if not self.clip_dir.is_dir():
-            return
-        for tmp in self.clip_dir.glob("[0-9]*/.*.tmp"):  # day folders (uploads/ is the clip service's)
-            try:
-                if older_than_s <= 0 or tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
-            except OSError:
-                pass
-
     def sources(self) -> list[str]:
         """Sources of this pod that ever raised an event (for MQTT state and discovery)."""
         with self._lock:
             rows = self._durable.execute(
                 "SELECT DISTINCT source FROM events WHERE origin IS NULL ORDER BY source").fetchall()
         return [r[0] for r in rows]
+
+    def camera_availability(self, upto_seq: int | None = None) -> dict[str, str]:
+        """Per source of this pod, `online` / `offline` from its latest camera_offline / camera_online
+        event (up to `upto_seq`); sources that never had one are not listed (online)."""
+        limit = " AND seq <= ?" if upto_seq is not None else ""
+        with self._lock:
+            rows = self._durable.execute(
+                "SELECT source, type FROM events e WHERE origin IS NULL"
+                " AND type IN ('camera_offline', 'camera_online')" + limit +
+                " AND seq = (SELECT MAX(seq) FROM events x WHERE x.source = e.source AND x.origin IS NULL"
+                " AND x.type IN ('camera_offline', 'camera_online')" + limit + ")",
+                (int(upto_seq), int(upto_seq)) if upto_seq is not None else ()).fetchall()
+        return {r[0]: "offline" if r[1] == "camera_offline" else "online" for r in rows}
 
     def last_seq(self) -> int:
         """The newest event's `seq` (0 when the store is empty)."""
@@ -617,6 +560,21 @@ class AlertStore:
         if changed:
             self._changed()
         return self._alert(row) if row is not None else None
+
+    def ack_many(self, by: str, comment: str | None, ids: list[str] | None = None,
+                 source: str | None = None) -> dict:
+        """Acknowledge a selection (`ids`) or every open alert of a camera (`source`) in one call
+        (an alert storm left 13 cards to click one by one). Each is acknowledged as `ack` does it
+        (its whole incident). Returns `acked` (alerts now acknowledged) and `unknown` ids."""
+        if source is not None:
+            with self._lock:
+                ids = [r[0] for r in self._durable.execute(
+                    "SELECT id FROM events WHERE source = ? AND acked_at IS NULL ORDER BY seq", (source,))]
+        acked, unknown = [], []
+        for alert_id in dict.fromkeys(ids or []):  # once each, in the order given
+            alert = self.ack(alert_id, by, comment)
+            (acked if alert is not None else unknown).append(alert if alert is not None else alert_id)
+        return {"acked": acked, "unknown": unknown}
 
     # An incident's events lie within its time down of each other; a margin for clock steps.
     INCIDENT_MARGIN_S = 600.0
@@ -739,7 +697,7 @@ class AlertStore:
                 done = top
             rows = self._book.execute(
                 "SELECT e.seq, e.id, e.source, e.type, e.track_id, e.run, e.created_at, e.body, e.snapshot,"
-                " d.attempts, d.first_attempt_at, d.next_attempt_at"
+                " e.clip, e.clip_error, e.origin, d.attempts, d.first_attempt_at, d.next_attempt_at"
                 " FROM events e LEFT JOIN deliveries d ON d.channel = ? AND d.seq = e.seq"
                 " WHERE e.seq > ? AND e.origin IS NULL AND d.delivered_at IS NULL AND d.given_up_at IS NULL"
                 " ORDER BY e.seq LIMIT ?", (channel, max(done, after_seq), limit)).fetchall()
@@ -747,6 +705,8 @@ class AlertStore:
         for r in rows:
             payload = json.loads(r["body"])
             payload["snapshot_url"] = f"/v1/alerts/{r['id']}/snapshot.jpg" if r["snapshot"] else None
+            if r["type"] == "fall_alert":  # usually `pending`; the outcome follows on <prefix>/clips
+                payload.update(clip_fields(r, self.run_id, self.clips_enabled))
             out.append(Pending(seq=r["seq"], id=r["id"], source=r["source"], type=r["type"],
                                track_id=r["track_id"], run=r["run"], created_at=r["created_at"],
                                payload=payload,

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
+from service.camera_events import CameraEvent, CameraHealth
 from service.frames import Frame, FrameResult, Person
 from service.sources.rtsp import RateMeter, RtspReader, RtspSettings, mask_url, validate_stream_url
 from service.zones import Zone, ZoneError, parse_zones, zones_json
@@ -160,7 +161,17 @@ class Stream:
         self._final_dropped: int | None = None
         self._dropped_base = _worker_dropped(manager.worker, stream_id)
         self._meter = RateMeter()
-        self.reader = RtspReader(stream_id, url, self.on_frame, manager.rtsp_settings)
+        # a long outage is an alert (camera_offline / camera_online), on the fall alerts' channels
+        self.health = CameraHealth(stream_id, manager.rtsp_settings.offline_after_s, self._publish_health)
+        self.reader = RtspReader(stream_id, url, self.on_frame, manager.rtsp_settings, on_state=self.health.on_state)
+
+    def _publish_health(self, event: CameraEvent) -> None:
+        if self.closed:
+            return
+        try:
+            self._manager.bus.publish_event(event)
+        except Exception:
+            log.exception("camera %s: publishing %s failed", self.id, event.type)
 
     def on_frame(self, frame: Frame) -> None:
         """Reader thread: hand the frame to the worker (never blocks; the worker drops stale frames)."""
@@ -256,6 +267,7 @@ class Stream:
                 "fps_in": reader["fps_in"], "fps_processed": round(self._meter.rate(), 2),
                 "width": reader["width"], "height": reader["height"],
                 "reconnects": reader["reconnects"], "retry_in_s": reader["retry_in_s"],
+                "offline_alert": self.health.offline,
                 "zones": zones_json(self.zones),
                 "clip_buffer": self.clips.status() if self.clips is not None else None}
 
@@ -330,6 +342,8 @@ class StreamManager:
         self._closing: set[str] = set()  # ids being removed: reserved until close() is done
         self._lock = threading.RLock()
         self._started = False
+        self._health_stop = threading.Event()
+        self._health_thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -359,6 +373,7 @@ class StreamManager:
                 except StreamError as exc:
                     self._skip_entry(entry, stream_id, str(exc))
             SKIPPED.set(len(self._skipped))
+            self._start_health()
             log.info("streams: resumed %d camera(s) (shard %d of %d)%s", len(self._streams),
                      self.shard_index, self.shard_count,
                      f"; {len(self._skipped)} entr{'y' if len(self._skipped) == 1 else 'ies'} of the "
@@ -367,6 +382,10 @@ class StreamManager:
     def stop(self, timeout: float = 2.0) -> None:
         """Stop every camera (they stay in the file and resume at the next start): every reader is
         told to stop first, then all are waited for together (at most about `timeout` s in all)."""
+        self._health_stop.set()
+        thread, self._health_thread = self._health_thread, None
+        if thread is not None:
+            thread.join(2.0)
         with self._lock:
             streams = list(self._streams.values())
             self._streams.clear()
@@ -382,6 +401,23 @@ class StreamManager:
         finally:
             with self._lock:
                 self._closing.difference_update(s.id for s in streams)
+
+    def _start_health(self) -> None:
+        """One thread for every camera: raise camera_offline once an outage outlasts its grace."""
+        if self._health_thread is not None and self._health_thread.is_alive():
+            return
+        self._health_stop.clear()
+        self._health_thread = threading.Thread(target=self._health_loop, name="camera-health", daemon=True)
+        self._health_thread.start()
+
+    def _health_loop(self) -> None:
+        period = min(1.0, self.rtsp_settings.offline_after_s / 4)
+        while not self._health_stop.wait(period):
+            for stream in list(self._streams.values()):
+                try:
+                    stream.health.check()
+                except Exception:
+                    log.exception("camera %s: health check failed", stream.id)
 
     # -- API ---------------------------------------------------------------------------------------
     def add(self, stream_id: str, url: str) -> dict:
@@ -476,6 +512,7 @@ class StreamManager:
             self._drop_skipped(stream_id)  # the new registration supersedes a skipped entry
             self._write_file()
         stream.reader.start()
+        self._start_health()
         log.info("camera %s added: %s", stream_id, mask_url(url))
         return stream
 

@@ -201,7 +201,9 @@ def test_events_state_availability_and_discovery(broker: Broker, store: AlertSto
         config = [json.loads(p) for t, p, _ in listener.messages
                   if t == "homeassistant/binary_sensor/falldet/cam_1_fall/config"]
         assert config and config[0]["device_class"] == "safety"
-        assert config[0]["state_topic"] == "falldet/cam_1/fall" and config[0]["availability_topic"] == "falldet/available"
+        assert config[0]["state_topic"] == "falldet/cam_1/fall"
+        assert config[0]["availability"] == [{"topic": "falldet/available"}, {"topic": "falldet/cam_1/available"}]
+        assert config[0]["availability_mode"] == "all"  # the service and the camera (camera_offline)
 
         other = make_event(source="cam.1", track=4)  # a second person down: still ON after one clears
         store.add(other)

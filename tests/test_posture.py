@@ -143,3 +143,10 @@ def test_a_weak_box_beside_a_person_seen_well_starts_no_ghost_track() -> None:
         feed.i += 1
     assert feed.finish() == []
     assert {p.track_id for r in feed.results for p in r.persons + r.weak} <= {0, None}
+
+
+def test_a_person_first_seen_down_is_alerted_after_confirm_s() -> None:
+    feed = Feed(slow_confirm_s=15.0)  # nothing says they lay down on purpose (or the track restarted)
+    feed.run(4.0, lambda: person("fall", 0.6))
+    assert feed.finish() == ["fall_alert", "fall_cleared"]
+    assert feed.events[0].pts_s - feed.events[0].started_pts_s == pytest.approx(1.0, abs=0.15)

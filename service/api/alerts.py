@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import StoreDep, require_api_key
 
@@ -31,13 +31,18 @@ class Alert(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str
-    type: Literal["fall_alert", "still_down", "fall_cleared"]
+    type: Literal["fall_alert", "still_down", "fall_cleared", "camera_offline", "camera_online"]
     source: str
     track_id: int | None = None
     at: float = Field(description="wall clock of the event's frame, unix seconds")
     acked: bool
     ack: Ack | None
     snapshot_url: str | None = Field(description="null when the event has no snapshot or it was pruned")
+    clip_url: str | None = Field(None, description="the fall's MP4 once written (fall_alert only)")
+    clip_status: Literal["pending", "ready", "failed", "pruned", "none"] | None = Field(
+        None, description="fall_alert only: pending (being recorded or written), ready (clip_url), failed "
+                          "or none (clip_error says why), pruned (by retention); null for other types")
+    clip_error: str | None = Field(None, description="why there is no clip (failed, none)")
     origin: str | None = Field(None, description="null: raised by this pod; else the pod that raised it")
 
 
@@ -54,6 +59,26 @@ class AckIn(BaseModel):
 
     by: str = Field(min_length=1, max_length=100, description="who acknowledges (operator name)")
     comment: str | None = Field(None, max_length=1000, description="optional note")
+
+
+class AckManyIn(AckIn):
+    """Who acknowledges, and which alerts: a selection (`ids`) or every open alert of a camera (`source`)."""
+
+    ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, min_length=1, max_length=500, description="the alerts to acknowledge (each with its whole fall)")
+    source: str | None = Field(None, min_length=1, max_length=256,
+                               description="acknowledge every open alert of this camera")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "AckManyIn":
+        if (self.ids is None) == (self.source is None):
+            raise ValueError("give either 'ids' (a selection) or 'source' (every open alert of a camera)")
+        return self
+
+
+class AckManyOut(BaseModel):
+    acked: list[Alert] = Field(description="the alerts acknowledged (by this call or already before)")
+    unknown: list[str] = Field(description="ids with no alert")
 
 
 def _unix(value: datetime | None) -> float | None:
@@ -76,7 +101,7 @@ def list_alerts(
     since: Annotated[datetime | None, Query(description="at or after (ISO 8601 or unix seconds)")] = None,
     until: Annotated[datetime | None, Query(description="at or before (ISO 8601 or unix seconds)")] = None,
     state: Annotated[Literal["open", "acked", "all"], Query(description="open: not acknowledged")] = "all",
-    type: Annotated[Literal["fall_alert", "still_down", "fall_cleared"] | None,
+    type: Annotated[Literal["fall_alert", "still_down", "fall_cleared", "camera_offline", "camera_online"] | None,
                     Query(description="only this event type")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
@@ -86,6 +111,13 @@ def list_alerts(
     if lo is not None and hi is not None and lo > hi:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="'since' is after 'until'")
     return store.list(source=source, since=lo, until=hi, state=state, limit=limit, offset=offset, type=type)
+
+
+@router.post("/ack", response_model=AckManyOut)
+def ack_many(body: AckManyIn, store: StoreDep) -> dict:
+    """Acknowledge many at once: `{"by", "ids": [...]}` or `{"by", "source": "cam1"}` (every open
+    alert of that camera). Each acknowledgement is the same as `POST /v1/alerts/{id}/ack`'s."""
+    return store.ack_many(body.by, body.comment, ids=body.ids, source=body.source)
 
 
 @router.get("/{alert_id}", response_model=Alert)

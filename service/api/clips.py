@@ -37,8 +37,17 @@ def get_alert_clip(alert_id: Annotated[str, Path(max_length=64)], store: StoreDe
         alert = store.get(alert_id)
         if alert is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no alert with id {alert_id!r}")
-        why = ("clips are made of fall_alert events only" if alert.get("type") != "fall_alert" else
-               "not written yet (it ends clips.post_s after the alert), not made, or pruned by retention")
+        status_ = alert.get("clip_status")
+        if alert.get("type") != "fall_alert":
+            why = "clips are made of fall_alert events only"
+        elif status_ == "pending":
+            why = "not written yet (it ends clips.post_s after the alert)"
+        elif status_ == "pruned":
+            why = "pruned by retention"
+        elif alert.get("clip_error"):
+            why = f"none was made: {alert['clip_error']}"
+        else:
+            why = "not written yet, not made, or pruned by retention"
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"alert {alert_id!r} has no clip: {why}")
     return _file(path)
 

@@ -169,6 +169,11 @@ def too_large(max_bytes: int) -> HTTPException:
                          detail=f"upload larger than the limit of {max_bytes / 2**20:g} MiB (FALLDET_MAX_UPLOAD_MB)")
 
 
+def empty_upload(what: str) -> str:
+    """The one answer (400) to an upload with no bytes, for images and videos alike (issue 25 item 4)."""
+    return f"empty upload: the file has no bytes (send {what})"
+
+
 async def read_file_field(request: Request, field: str = "file") -> UploadFile:
     """The multipart upload in `field`, spooled to a temporary file by Starlette (caller closes it)."""
     form = await request.form(max_files=1, max_fields=16)

@@ -19,7 +19,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import SettingsDep, WorkerDep, limited_request, read_file_field, require_api_key
+from service.api.deps import SettingsDep, WorkerDep, empty_upload, limited_request, read_file_field, require_api_key
 from service.frames import Frame, FrameResult
 
 router = APIRouter(prefix="/v1", tags=["detect"], dependencies=[Depends(require_api_key)])
@@ -159,7 +159,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     With `max_pixels`, the size declared in the header is checked before any pixel is decoded.
     """
     if not data:
-        raise ImageError(status.HTTP_400_BAD_REQUEST, "empty body: send an image")
+        raise ImageError(status.HTTP_400_BAD_REQUEST, empty_upload("an image"))
     kind = sniff_format(data)
     if kind is None:
         raise ImageError(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,

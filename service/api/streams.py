@@ -59,6 +59,8 @@ class StreamStatus(BaseModel):
     height: int
     reconnects: int = 0
     retry_in_s: float | None = None
+    offline_alert: bool = Field(False, description="true while this outage has raised camera_offline "
+                                                   "(down longer than rtsp.offline_after_s)")
     zones: list[dict] = Field(default_factory=list, description="bed and ignore zones (GET/PUT .../zones)")
     clip_buffer: dict | None = Field(None, description="fall clips' frame buffer: seconds, frames, bytes, "
                                      "capped (a memory cap keeps it shorter), recording; null: clips off")

@@ -33,7 +33,7 @@ from prometheus_client import Counter, Gauge
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.api.deps import SettingsDep, WorkerDep, limited_request, read_file_field, require_api_key
+from service.api.deps import SettingsDep, WorkerDep, empty_upload, limited_request, read_file_field, require_api_key
 from service.clips import upload_clips
 from service.pipeline import SourcePipeline
 from service.settings import Settings
@@ -101,9 +101,16 @@ def video_slots(request: Request, settings: Settings) -> VideoSlots:
     return slots
 
 
+def _is_empty(upload: UploadFile) -> bool:
+    upload.file.seek(0, 2)
+    size = upload.file.tell()
+    upload.file.seek(0)
+    return size == 0
+
+
 @router.post("/videos", openapi_extra=VIDEO_BODY, response_class=StreamingResponse, responses={
     200: {"content": {NDJSON: {}}, "description": "frame lines, event lines, a final summary line"},
-    400: {"description": "the video cannot be decoded, or its frames exceed FALLDET_MAX_IMAGE_PIXELS"},
+    400: {"description": "an empty upload, a video that cannot be decoded, or frames over FALLDET_MAX_IMAGE_PIXELS"},
     401: {"description": "no valid API key"},
     413: {"description": "larger than FALLDET_MAX_UPLOAD_MB"}, 415: {"description": "not a video"},
     429: {"description": "FALLDET_MAX_CONCURRENT_VIDEOS analyses already running; see Retry-After"}})
@@ -128,6 +135,8 @@ async def analyze_video(request: Request, settings: SettingsDep, worker: WorkerD
     handed_over = False  # once the analysis thread runs, it owns the upload and the slot
     try:
         upload = await read_file_field(body)
+        if await run_in_threadpool(_is_empty, upload):
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=empty_upload("a video"))
         try:
             info = await run_in_threadpool(probe_video, upload.file, settings.max_image_pixels)
         except CorruptVideoError as exc:

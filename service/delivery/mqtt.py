@@ -8,6 +8,11 @@ Topics (`<prefix>` defaults to `falldet`, `<camera>` is the source id with anyth
                                (the topic is a template: `{prefix}/{pod}/available` for several pods);
 - `<prefix>/snapshots/<id>`    the event's JPEG (QoS 1), so other pods can mirror it;
 - `<prefix>/acks`              acknowledgements made on any pod, so every pod's store converges;
+- `<prefix>/clips`             a fall_alert's clip outcome once known (QoS 1, not retained): `{"id",
+                               "source", "clip_status": "ready"|"failed"|..., "clip_url", "clip_error"}`
+                               (the alert itself went out with `clip_status` `pending`);
+- `<prefix>/<camera>/available` `online` / `offline`, retained: the camera's own availability
+                               (`camera_offline` / `camera_online` events), in its discovery config;
 - `homeassistant/binary_sensor/<prefix>/<camera>_fall/config`  retained discovery config (device
   class `safety`), sent again whenever Home Assistant announces `online` on `homeassistant/status`.
 
@@ -170,6 +175,9 @@ class MqttChannel:
     def state_topic(self, source: str) -> str:
         return f"{self.prefix}/{topic_segment(source)}/fall"
 
+    def camera_available_topic(self, source: str) -> str:
+        return f"{self.prefix}/{topic_segment(source)}/available"
+
     def discovery_topic(self, source: str) -> str:
         node = topic_segment(self.prefix)
         return f"{self.settings.ha_prefix}/binary_sensor/{node}/{topic_segment(source)}_fall/config"
@@ -179,7 +187,9 @@ class MqttChannel:
         return {"name": "Fall", "unique_id": f"{node}_{cam}_fall",
                 "device_class": "safety", "state_topic": self.state_topic(source),
                 "payload_on": "ON", "payload_off": "OFF",
-                "availability_topic": self.availability_topic,
+                # unavailable while the service is gone or the camera is offline (camera_offline)
+                "availability": [{"topic": self.availability_topic}, {"topic": self.camera_available_topic(source)}],
+                "availability_mode": "all",
                 "payload_available": "online", "payload_not_available": "offline",
                 "device": {"identifiers": [f"{node}_{cam}"], "name": f"Fall detector {source}",
                            "manufacturer": "falldet", "model": "video fall detection"}}
@@ -345,6 +355,7 @@ class MqttChannel:
             self._announce_all()
         self._publish_events()  # events before acks: other pods must know an event before its ack
         self._publish_acks()
+        self._publish_clips()
         self._reconcile_states()
         self._settle()
 
@@ -387,6 +398,9 @@ class MqttChannel:
         self._inflight[info.mid] = ("event", item.seq)
         self.store.record(CHANNEL, item.seq, "pending")
         self.counts["published"] += 1
+        if item.type in ("camera_offline", "camera_online"):
+            self._publish(self.camera_available_topic(item.source),
+                          "offline" if item.type == "camera_offline" else "online", retain=True)
         self._set_state(item.source, self._state(item.source))  # after the event message, never before
 
     def _settle(self) -> None:
@@ -398,6 +412,9 @@ class MqttChannel:
                 continue
             if entry[0] == "event":
                 self._settle_event(entry[1], ok, reason, code)
+            elif entry[0] == "clip":
+                if ok:  # a refused one stays unsent in the store and is sent again at the next wake
+                    self.store.mark_clip_sent(entry[1])
             elif entry[0] == "ack":
                 if ok:
                     self._ack_backoff.pop(entry[1], None)
@@ -447,6 +464,18 @@ class MqttChannel:
             info = self._publish(f"{self.prefix}/acks", json.dumps(dict(ack, pod=self.pod_id)))
             self._inflight[info.mid] = ("ack", ack["id"], ack["at"])
 
+    def _publish_clips(self) -> None:
+        """Clip outcomes of alerts already handed to the broker (an outcome never precedes its alert)."""
+        in_flight = {e[1] for e in self._inflight.values() if e[0] == "clip"}
+        for update in self.store.pending_clip_updates():
+            if update["seq"] > (self._state_seq or 0) or not self.connected:
+                break
+            if update["id"] in in_flight:
+                continue
+            payload = {k: update[k] for k in ("id", "source", "clip_status", "clip_url", "clip_error")}
+            info = self._publish(f"{self.prefix}/clips", json.dumps(dict(payload, pod=self.pod_id)))
+            self._inflight[info.mid] = ("clip", update["id"])
+
     # ---------------------------------------------------------------- camera state
     def _initial_state_seq(self) -> int:
         """Events this process will still hand to paho are not counted yet: all before the first."""
@@ -482,9 +511,11 @@ class MqttChannel:
         with self._lock:
             sources = set(self._sources) | set(self.store.sources())
         down = self._open_falls()
+        available = self.store.camera_availability(upto_seq=self._state_seq or 0)
         for source in sorted(sources):
             if self.settings.ha_discovery and source not in self._discovered:
                 self._discover(source)
+            self._publish(self.camera_available_topic(source), available.get(source, "online"), retain=True)
             state = "ON" if source in down else "OFF"
             self._publish(self.state_topic(source), state, retain=True)
             self._published_state[source] = state

@@ -87,6 +87,9 @@ class RtspSettings(BaseModel):
                                                                 "fraction, at random")
     backoff_reset_s: float = Field(10.0, ge=0, description="a session that stayed up this long resets "
                                                            "the wait to backoff_initial_s")
+    offline_after_s: float = Field(60.0, gt=0, description="a camera not live for this long raises a "
+                                                           "camera_offline event (camera_online when it "
+                                                           "is live again); shorter outages raise nothing")
 
 
 def backoff_delay(attempt: int, settings: RtspSettings, rng: random.Random | None = None) -> float:
@@ -181,10 +184,19 @@ class RtspReader:
     frame to the inference worker). `opener` is `av.open` unless a test passes another.
     """
 
+    TRANSITIONS_KEPT = 64  # the reader's own record of its state changes (tests, diagnosis)
+
     def __init__(self, source: str, url: str, on_frame: Callable[[Frame], None],
                  settings: RtspSettings | None = None, opener: Callable[..., Any] = av.open,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 on_state: Callable[[StreamState, str | None], None] | None = None) -> None:
+        """`on_state(state, error)` runs on the thread that changed the state, after each change
+        (the stream manager turns long outages into camera_offline / camera_online events)."""
         self.source = source
+        self.on_state = on_state
+        # every change, in order, as (monotonic time, state): a brief state is never missed by
+        # someone who samples `state` now and then (issue 25 item 9)
+        self.transitions: deque[tuple[float, StreamState]] = deque(maxlen=self.TRANSITIONS_KEPT)
         self.url = validate_stream_url(url)
         self.on_frame = on_frame
         self.settings = settings or RtspSettings()
@@ -273,12 +285,19 @@ class RtspReader:
             elif state == StreamState.LIVE:  # working again: an old error would only mislead
                 self._last_error = self._last_error_detail = self._last_error_at = None
             previous, self._state = self._state, state
+            if previous != state:
+                self.transitions.append((time.monotonic(), state))
             if state != StreamState.STOPPED:
                 for s in StreamState:
                     STATE.labels(self.source, s.value).set(1.0 if s == state else 0.0)
         if previous != state:
             log.info("camera %s: %s -> %s%s", self.source, previous.value, state.value,
                      f" ({error}{'; ' + detail if detail else ''})" if error else "")
+            if self.on_state is not None:
+                try:
+                    self.on_state(state, error if error is not None else self._last_error)
+                except Exception:  # a consumer bug must not take the camera down
+                    log.exception("camera %s: state callback failed", self.source)
 
     def _watch(self) -> None:
         """Stall watchdog: a live camera with no frame for stall_timeout_s shows 'stalled'.

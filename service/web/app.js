@@ -11,8 +11,8 @@
 
 (() => {
   const STORE = { key: "falldet.apiKey", operator: "falldet.operator", sound: "falldet.sound" };
-  const EVENT_TYPES = new Set(["fall_alert", "still_down", "fall_cleared"]);
-  const ALARM_TYPES = new Set(["fall_alert", "still_down"]); // events that need a person to look
+  const EVENT_TYPES = new Set(["fall_alert", "still_down", "fall_cleared", "camera_offline", "camera_online"]);
+  const ALARM_TYPES = new Set(["fall_alert", "still_down", "camera_offline"]); // events that need a person to look
   const ACTION_COLORS = { fall: "#ff453a", sit: "#ffb020", stand: "#32d74b", lie: "#bf5af2" };
   const STATE_LABELS = {
     connecting: "connecting", live: "live", stalled: "stalled", backoff: "backing off", stopped: "stopped",
@@ -352,10 +352,12 @@
       if (res) {
         const sx = res.width ? W / res.width : 1;
         const sy = res.height ? H / res.height : 1;
-        for (const p of res.persons || []) {
-          drawPerson(ctx, p, sx, sy, unit);
+        const labels = [];
+        for (const p of peopleToDraw(res.persons || [])) {
+          labels.push(drawPerson(ctx, p, sx, sy, unit));
           drawn += 1;
         }
+        this.canvas.dataset.labels = labels.join("|");
         this.canvas.dataset.frame = String(res.frame);
         if (res.width) this.canvas.dataset.scale = String(sx);
       }
@@ -438,14 +440,41 @@
     ctx.textAlign = "left";
   }
 
+  // A detection the tracker has not (yet) made a person of has no track id. One that overlaps a
+  // tracked person is that person seen twice (issue 25: "#? stand", "#? stand" and "#0 sit" on one
+  // body): it is not drawn. One on its own is drawn, dashed, as "new" (not tracked yet).
+  function overlapOfSmaller(a, b) {
+    const w = Math.min(a[2], b[2]) - Math.max(a[0], b[0]);
+    const h = Math.min(a[3], b[3]) - Math.max(a[1], b[1]);
+    if (w <= 0 || h <= 0) return 0;
+    const area = (r) => Math.max(1e-6, (r[2] - r[0]) * (r[3] - r[1]));
+    return (w * h) / Math.min(area(a), area(b));
+  }
+
+  function peopleToDraw(persons) {
+    const tracked = persons.filter((p) => p.track_id !== null && p.track_id !== undefined);
+    const kept = [...tracked];
+    for (const p of persons) {
+      if (tracked.includes(p)) continue;
+      if (tracked.some((t) => overlapOfSmaller(t.box, p.box) > 0.5)) continue;
+      if (kept.some((k) => k !== p && !tracked.includes(k) && overlapOfSmaller(k.box, p.box) > 0.5)) continue;
+      kept.push(p);
+    }
+    return kept;
+  }
+
   function drawPerson(ctx, p, sx, sy, unit) {
     const [x1, y1, x2, y2] = p.box;
     const color = ACTION_COLORS[p.action] || "#64d2ff";
     const x = x1 * sx, y = y1 * sy, w = (x2 - x1) * sx, h = (y2 - y1) * sy;
+    const untracked = p.track_id === null || p.track_id === undefined;
     ctx.lineWidth = (p.fall ? 3 : 2) * unit;
     ctx.strokeStyle = color;
+    if (untracked) ctx.setLineDash([5 * unit, 4 * unit]);
     ctx.strokeRect(x, y, w, h);
-    const label = `#${p.track_id ?? "?"} ${p.action} ${Math.round((p.score || 0) * 100)}%`;
+    ctx.setLineDash([]);
+    const who = untracked ? "new" : `#${p.track_id}`; // "new": seen, not tracked yet (no id)
+    const label = `${who} ${p.action} ${Math.round((p.score || 0) * 100)}%`;
     ctx.font = `${p.fall ? "bold " : ""}${Math.round(11 * unit)}px system-ui, sans-serif`;
     const tw = ctx.measureText(label).width + 8 * unit;
     const th = 16 * unit;
@@ -454,6 +483,7 @@
     ctx.fillRect(x - ctx.lineWidth / 2, ty, tw, th);
     ctx.fillStyle = "#000";
     ctx.fillText(label, x + 4 * unit - ctx.lineWidth / 2, ty + 12 * unit);
+    return label;
   }
 
   async function refreshCameras() {
@@ -503,6 +533,7 @@
     for (const [cid, tile] of state.cameras) tile.el.classList.toggle("selected", cid === id);
     $("#timeline-camera").textContent = id ? `· ${id}` : "";
     state.lastTimeline = null;
+    updateBulkAck();
     refreshTimeline();
   }
 
@@ -680,7 +711,8 @@
     return group.events.reduce((m, e) => Math.max(m, e.at ?? 0), 0);
   }
 
-  const ackable = (e) => e.type !== "fall_cleared";
+  const ackable = (e) => e.type !== "fall_cleared" && e.type !== "camera_online";
+  const isCameraEvent = (e) => e.type === "camera_offline" || e.type === "camera_online";
 
   // How a fall ended, in words a carer can act on. Only `recovered` means the person got up: a lost
   // track (they left the view, or the tracker lost them on the floor) or an ended camera says
@@ -698,6 +730,7 @@
     if (!group.card) {
       group.card = $("#alert-template").content.firstElementChild.cloneNode(true);
       $(".ack-btn", group.card).addEventListener("click", () => acknowledge(group));
+      $(".select-box", group.card).addEventListener("change", updateBulkAck);
       $(".snapshot-btn", group.card).addEventListener("click", () => {
         const src = $(".snapshot", group.card).src;
         if (src) { $("#snapshot-large").src = src; $("#snapshot-dialog").showModal(); }
@@ -725,9 +758,22 @@
     } else if (typeof head.time_down_s === "number") {
       life = `down for ${duration(head.time_down_s)} when confirmed`;
     }
+    $(".snapshot-btn", card).hidden = isCameraEvent(head); // an outage has no picture
+    if (isCameraEvent(head)) {
+      const online = events.find((e) => e.type === "camera_online");
+      card.dataset.type = online ? "camera_online" : "camera_offline";
+      $(".alert-type", card).textContent = online ? "Camera back online" : "CAMERA OFFLINE";
+      $(".alert-track", card).textContent = "";
+      life = online ? `back online after ${duration(online.down_s)} without picture`
+        : `no picture for ${duration(head.down_s)}: nobody is watched here${head.reason ? ` (${head.reason})` : ""}`;
+    }
     $(".alert-lifecycle", card).textContent = life;
+    $(".clip-info", card).textContent = clipInfo(head);
     const ackBtn = $(".ack-btn", card);
     ackBtn.hidden = acked;
+    const box = $(".select-box", card);
+    box.hidden = acked;
+    if (acked) box.checked = false;
     const ackedEvent = events.find((e) => e.acked && e.ack);
     $(".ack-info", card).textContent = acked
       ? (ackedEvent ? `acknowledged by ${ackedEvent.ack.by || "?"} at ${clock(ackedEvent.ack.at)}${ackedEvent.ack.comment ? `: ${ackedEvent.ack.comment}` : ""}` : "acknowledged")
@@ -742,6 +788,28 @@
   }
 
   // ---------------------------------------------------------------- fall clips
+
+  // What the card says about its clip (clip_status of its fall_alert): coming, or why there is none.
+  function clipInfo(head) {
+    switch (head.clip_status) {
+      case "pending": return "clip: being recorded";
+      case "failed": return `no clip: ${head.clip_error || "it could not be made"}`;
+      case "none": return `no clip: ${head.clip_error || "not made here"}`;
+      case "pruned": return "clip deleted by retention";
+      default: return "";
+    }
+  }
+
+  // A clip's outcome comes tens of seconds after its alert: cards still waiting ask again.
+  async function refreshPendingClips() {
+    for (const group of [...state.groups.values()]) {
+      const head = groupHead(group);
+      if (head.clip_status !== "pending") continue;
+      try {
+        onEvent(await api(`v1/alerts/${enc(head.id)}`), false);
+      } catch (err) { /* next round */ }
+    }
+  }
 
   // The clip is fetched with the key header (never a key in a URL) into a Blob the video element
   // plays and seeks locally; the server also answers Range requests for other clients.
@@ -945,6 +1013,52 @@
     }
   }
 
+  // ---------------------------------------------------------------- acknowledge many
+
+  // The cards ticked, or every open card of the selected camera: one POST /v1/alerts/ack.
+  function updateBulkAck() {
+    const picked = [...state.groups.values()].filter((g) => g.card && $(".select-box", g.card).checked && !groupAcked(g));
+    const sel = $("#ack-selected");
+    sel.disabled = picked.length === 0;
+    sel.textContent = picked.length ? `Acknowledge selected (${picked.length})` : "Acknowledge selected";
+    const cam = state.selected;
+    const open = cam ? [...state.groups.values()].filter((g) => !groupAcked(g) && groupHead(g).source === cam).length : 0;
+    const all = $("#ack-camera");
+    all.hidden = open === 0;
+    all.textContent = `Acknowledge all of ${cam || ""} (${open})`;
+  }
+
+  async function acknowledgeMany(selection) {
+    const buttons = [$("#ack-selected"), $("#ack-camera")];
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      const body = { by: state.operator || "operator", comment: null, ...selection };
+      const result = await api("v1/alerts/ack", { method: "POST", body });
+      for (const alert of (result && result.acked) || []) {
+        const group = state.groups.get(groupKey(alert));
+        onEvent(alert, false);
+        if (group) for (const e of [...group.events]) if (!e.acked) onEvent({ ...e, acked: true, ack: alert.ack }, false);
+      }
+      showError($("#alerts-error"), "");
+    } catch (err) {
+      if (!(err instanceof AuthError)) showError($("#alerts-error"), `acknowledge: ${err.message}`);
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+      updateAlertCounts();
+    }
+  }
+
+  function acknowledgeSelected() {
+    const ids = [...state.groups.values()]
+      .filter((g) => g.card && $(".select-box", g.card).checked && !groupAcked(g))
+      .map((g) => groupHead(g).id);
+    if (ids.length) acknowledgeMany({ ids });
+  }
+
+  function acknowledgeCamera() {
+    if (state.selected) acknowledgeMany({ source: state.selected });
+  }
+
   function updateAlertCounts() {
     let open = 0;
     for (const g of state.groups.values()) if (!groupAcked(g)) open += 1;
@@ -953,6 +1067,7 @@
     badge.hidden = open === 0;
     $("#no-alerts").hidden = state.groups.size > 0;
     document.title = open ? `(${open}) Fall detection · operator` : "Fall detection · operator";
+    updateBulkAck();
     const banner = $("#fall-banner");
     if (!banner.hidden) {
       const g = state.groups.get(banner.dataset.group);
@@ -1140,6 +1255,7 @@
     refreshAlerts();
     setInterval(() => { if (state.key) refreshCameras(); }, CAMERA_POLL_MS);
     setInterval(() => { if (state.key) refreshAlerts(); }, ALERTS_POLL_MS);
+    setInterval(() => { if (state.key) refreshPendingClips(); }, 5000);
     setInterval(() => { if (state.key && !document.hidden) refreshTimeline(); }, TIMELINE_POLL_MS);
   }
 
@@ -1163,6 +1279,8 @@
       localStorage.setItem(STORE.sound, state.sound ? "on" : "off");
       if (state.sound) unlockAudio();
     });
+    $("#ack-selected").addEventListener("click", acknowledgeSelected);
+    $("#ack-camera").addEventListener("click", acknowledgeCamera);
     $("#only-open").addEventListener("change", (ev) => $("#alerts").classList.toggle("only-open", ev.target.checked));
     $("#timeline-window").addEventListener("change", () => { if (state.lastTimeline) renderTimeline(state.lastTimeline); });
     $("#fall-banner-close").addEventListener("click", hideBanner);
