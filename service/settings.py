@@ -60,6 +60,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="accepted API keys, comma-separated; empty: one random key is made at start and "
                     "printed once")
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="admin API keys, comma-separated: only these may swap the model (PUT /v1/model, "
+                    "POST /v1/model/rollback); they also work as ordinary keys. Empty: swaps are off")
+    model_watch_dir: Path | None = Field(None, description="a folder watched for new ONNX files: the newest "
+                                                            "*.onnx put there (complete, unchanged for two "
+                                                            "polls) is checked and swapped in without a "
+                                                            "restart (docs/site-adaptation.md); empty: no watch")
+    model_watch_interval_s: float = Field(5.0, gt=0, description="seconds between two looks at MODEL_WATCH_DIR")
+    max_model_mb: float = Field(200, gt=0, description="largest model file accepted by PUT /v1/model, MiB")
     state_dir: Path = Field(Path("state"), description="folder for the alert store, snapshots and "
                                                         "the stream list (relative to the working dir)")
     db: Path | None = Field(None, description="alert store SQLite file; default STATE_DIR/alerts.db")
@@ -87,6 +97,10 @@ class Settings(BaseSettings):
                                                                   "output for this long is stopped and "
                                                                   "its resources freed")
     max_streams: int = Field(16, ge=0, description="most cameras registered at once")
+    detect_fps: float | None = Field(5.0, gt=0, le=120, description=(
+        "frames a second analysed per camera unless the camera sets its own (`detect_fps` in POST "
+        "/v1/streams); the other frames still feed fall clips. Empty: every frame. Capacity is then "
+        "about cameras x detect_fps inferences a second (docs/service.md)"))
     max_batch: int = Field(8, ge=1, description="most frames in one inference call")
     max_wait_ms: float = Field(4.0, ge=0, description="longest the worker waits to fill a batch")
     score_threshold: float | None = Field(None, ge=0, le=1, description=(
@@ -107,7 +121,7 @@ class Settings(BaseSettings):
                                                   "to it (Kubernetes StatefulSet ordinal)")
     shard_count: int = Field(1, ge=1, description="number of shards (pods) the cameras are spread over")
 
-    _split = field_validator("providers", "api_keys", mode="before")(_split_commas)
+    _split = field_validator("providers", "api_keys", "admin_keys", mode="before")(_split_commas)
 
     @model_validator(mode="after")
     def _fill_state_paths(self) -> "Settings":

@@ -45,6 +45,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from service.camera_events import CameraEvent, CameraHealth
 from service.frames import Frame, FrameResult, Person
+from service.sources.rate import RateGate
 from service.sources.rtsp import RateMeter, RtspReader, RtspSettings, mask_url, validate_stream_url
 from service.zones import Zone, ZoneError, parse_zones, zones_json
 
@@ -135,9 +136,13 @@ def shard_of(stream_id: str, shard_count: int) -> int:
 class Stream:
     """One running camera: its reader, its per-source pipeline and its counters."""
 
-    def __init__(self, stream_id: str, url: str, manager: "StreamManager", zones: list[Zone] | None = None) -> None:
+    def __init__(self, stream_id: str, url: str, manager: "StreamManager", zones: list[Zone] | None = None,
+                 detect_fps: float | None = None) -> None:
+        """`detect_fps`: this camera's analysed frames per second (None: the service's `detect_fps`)."""
         self.id = stream_id
         self.url = url
+        self.detect_fps_set = detect_fps  # what was asked for this camera (kept in the streams file)
+        self.gate = RateGate(detect_fps if detect_fps is not None else manager.detect_fps)
         self._manager = manager
         self.pipeline: Pipeline = manager.pipeline_factory(stream_id)
         self.zones: list[Zone] = []
@@ -152,6 +157,7 @@ class Stream:
         self.closed = False
         self.frames_processed = 0
         self.skipped = 0  # results dropped here: out of order, failed inference or submit refused
+        self.rate_skipped = 0  # frames not analysed on purpose (detect_fps)
         self.errors = 0
         self._count_lock = threading.Lock()
         self._last_index = -1
@@ -182,6 +188,9 @@ class Stream:
                 self.clips.add_frame(frame)  # at most clips.fps a second: one JPEG encode each
             except Exception:
                 log.exception("camera %s: buffering a frame for clips failed", self.id)
+        if not self.gate.due(frame.pts_s):
+            self.rate_skipped += 1  # on purpose (detect_fps): not a drop
+            return
         try:
             future = self._manager.worker.submit(frame, live=True)
         except Exception as exc:  # a stopped worker: count it, keep the camera reading
@@ -265,6 +274,7 @@ class Stream:
                 "last_error_at": reader.get("last_error_at"), "frames_received": reader["frames_received"],
                 "frames_processed": self.frames_processed, "frames_dropped": self.dropped,
                 "fps_in": reader["fps_in"], "fps_processed": round(self._meter.rate(), 2),
+                "detect_fps": self.gate.fps, "frames_not_analysed": self.rate_skipped,
                 "width": reader["width"], "height": reader["height"],
                 "reconnects": reader["reconnects"], "retry_in_s": reader["retry_in_s"],
                 "offline_alert": self.health.offline,
@@ -332,6 +342,7 @@ class StreamManager:
         self.shard_index = int(getattr(settings, "shard_index", 0) or 0)
         self.shard_count = max(1, int(getattr(settings, "shard_count", 1) or 1))
         self.rtsp_settings: RtspSettings = getattr(settings, "rtsp", None) or RtspSettings()
+        self.detect_fps: float | None = getattr(settings, "detect_fps", None)  # per camera unless set there
         path = getattr(settings, "streams_file", None)
         if path is None and getattr(settings, "state_dir", None) is not None:
             path = Path(settings.state_dir) / "streams.json"
@@ -369,7 +380,7 @@ class StreamManager:
                     self._skip_entry(entry, stream_id, f"bad zones: {exc}")
                     continue
                 try:
-                    self._add(stream_id, url, persist=False, zones=zones)
+                    self._add(stream_id, url, persist=False, zones=zones, detect_fps=entry.get("detect_fps"))
                 except StreamError as exc:
                     self._skip_entry(entry, stream_id, str(exc))
             SKIPPED.set(len(self._skipped))
@@ -420,10 +431,10 @@ class StreamManager:
                     log.exception("camera %s: health check failed", stream.id)
 
     # -- API ---------------------------------------------------------------------------------------
-    def add(self, stream_id: str, url: str) -> dict:
+    def add(self, stream_id: str, url: str, detect_fps: float | None = None) -> dict:
         """Register and start a camera; raises a StreamError subclass (its status_code) if refused."""
         with self._lock:
-            return self._add(stream_id, url, persist=True).status()
+            return self._add(stream_id, url, persist=True, detect_fps=detect_fps).status()
 
     def remove(self, stream_id: str) -> dict | None:
         """Stop and forget a camera; its pipeline's final events are published, then its WebSocket
@@ -491,8 +502,12 @@ class StreamManager:
         return len(self._streams)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _add(self, stream_id: Any, url: Any, persist: bool, zones: list[Zone] | None = None) -> Stream:
+    def _add(self, stream_id: Any, url: Any, persist: bool, zones: list[Zone] | None = None,
+             detect_fps: Any = None) -> Stream:
         validate_stream_id(stream_id)
+        if detect_fps is not None and (isinstance(detect_fps, bool) or not isinstance(detect_fps, (int, float))
+                                       or not 0 < detect_fps <= 120):
+            raise InvalidStream(f"detect_fps must be a number in (0, 120], got {detect_fps!r}")
         try:
             validate_stream_url(url)
         except ValueError as exc:
@@ -506,7 +521,7 @@ class StreamManager:
             raise StreamExists(f"the stream with id {stream_id!r} is still being removed; try again")
         if len(self._streams) >= self.max_streams:
             raise StreamLimit(f"stream limit reached: max_streams={self.max_streams}; remove one first")
-        stream = Stream(stream_id, url, self, zones)
+        stream = Stream(stream_id, url, self, zones, detect_fps)
         self._streams[stream_id] = stream
         if persist:
             self._drop_skipped(stream_id)  # the new registration supersedes a skipped entry
@@ -559,6 +574,7 @@ class StreamManager:
         if path is None:
             return
         entries = self._foreign + [{"id": s.id, "url": s.url} | ({"zones": zones_json(s.zones)} if s.zones else {})
+                                   | ({"detect_fps": s.detect_fps_set} if s.detect_fps_set is not None else {})
                                    for s in self._streams.values()] + self._skipped
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

@@ -203,7 +203,8 @@ def make_settings(tmp_path: Path, **overrides):
     """Settings for a test app: its own state folder, the known key, nothing read from the repo's state."""
     from service.settings import Settings
 
-    values = {"state_dir": tmp_path / "state", "api_keys": [API_KEY], "max_wait_ms": 2.0} | overrides
+    # every frame analysed unless a test sets detect_fps (the service's default is 5 a second)
+    values = {"state_dir": tmp_path / "state", "api_keys": [API_KEY], "max_wait_ms": 2.0, "detect_fps": None} | overrides
     return Settings(**values)
 
 

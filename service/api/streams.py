@@ -38,6 +38,9 @@ class StreamIn(BaseModel):
                                                            "names the camera in URLs and results")
     url: str = Field(min_length=1, max_length=MAX_URL_LENGTH,
                      description="rtsp:// or rtsps:// URL; a password in it is masked in every answer")
+    detect_fps: float | None = Field(None, gt=0, le=120, description=(
+        "frames a second this camera's detector analyses (the others still feed its fall clips); "
+        "null: the service's FALLDET_DETECT_FPS"))
 
 
 class StreamStatus(BaseModel):
@@ -55,6 +58,8 @@ class StreamStatus(BaseModel):
     frames_dropped: int
     fps_in: float
     fps_processed: float
+    detect_fps: float | None = Field(None, description="analysed frames a second asked for (null: every frame)")
+    frames_not_analysed: int = Field(0, description="frames skipped on purpose to keep detect_fps (not drops)")
     width: int
     height: int
     reconnects: int = 0
@@ -82,7 +87,7 @@ def _not_found(stream_id: str) -> HTTPException:
 def add_stream(body: StreamIn, streams: StreamsDep) -> dict:
     """Register a camera and start reading it; it is resumed after a restart."""
     try:
-        return streams.add(body.id, body.url)
+        return streams.add(body.id, body.url, body.detect_fps)
     except StreamError as exc:
         raise HTTPException(exc.status_code, detail=str(exc)) from None
 
