@@ -60,10 +60,33 @@ def choose_providers(requested: Sequence[Provider] = (), tensorrt: bool = False,
     return chosen
 
 
+def int8_sibling(model: Path) -> Path:
+    """Where the INT8 copy of a model file lives: `fall-detector.onnx` -> `fall-detector.int8.onnx`."""
+    return model.with_name(model.stem + ".int8" + model.suffix)
+
+
+def pick_model_file(model: Path, providers: Sequence[Provider], int8: str = "auto") -> Path:
+    """The file to load: the INT8 sibling on a CPU-only session when it exists (`auto`) or always
+    (`on`, an error if missing); the FP32 file on a GPU or with `off`. A file already named
+    `*.int8.onnx` is taken as given."""
+    model = Path(model)
+    if int8 == "off" or model.stem.endswith(".int8"):
+        return model
+    sibling = int8_sibling(model)
+    if int8 == "on":
+        if not sibling.is_file():
+            raise FileNotFoundError(f"FALLDET_INT8=on but {sibling} does not exist (python -m training quantize)")
+        return sibling
+    on_cpu = all((p if isinstance(p, str) else p[0]) == CPU for p in providers)
+    return sibling if on_cpu and sibling.is_file() else model
+
+
 def runtime_from_settings(settings: "Settings") -> "Runtime":
-    """The Runtime the service settings ask for (providers, TensorRT cache under the state folder)."""
+    """The Runtime the service settings ask for (providers, TensorRT cache under the state folder,
+    the INT8 copy of the model on a CPU)."""
     providers = choose_providers(settings.providers, settings.tensorrt, Path(settings.state_dir) / "trt")
-    return Runtime(settings.model, providers, settings.score_threshold, settings.iou_threshold,
+    path = pick_model_file(Path(settings.model), providers, settings.int8)
+    return Runtime(path, providers, settings.score_threshold, settings.iou_threshold,
                    track_threshold=settings.pipeline.track_low_score)
 
 

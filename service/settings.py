@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Literal, Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,6 +50,9 @@ class Settings(BaseSettings):
                                       validate_default=True)
 
     model: Path = Field(DEFAULT_MODEL, description="ONNX detector to load (contract: docs/service.md, \"The model file\")")
+    int8: Literal["auto", "on", "off"] = Field("auto", description=(
+        "use the model's INT8 copy (`fall-detector.int8.onnx` beside it, made by `python -m training "
+        "quantize`): auto = when it exists and the session runs on the CPU; on = always; off = never"))
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="onnxruntime execution providers in order of preference, comma-separated; "

@@ -138,6 +138,16 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from training.data.sources import load_data_config
+    from training.quantize import calibration_images, quantize
+    spec = load_data_config(a.data)
+    images = calibration_images([s.val for s in spec.sources if s.val is not None], a.images)
+    info = quantize(Path(a.model), Path(a.out), images)
+    print(json.dumps({"out": a.out, "bytes": Path(a.out).stat().st_size, **info}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -178,10 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="val curves of several runs in one plot, and a table of their best epochs")
     c.add_argument("runs", nargs="+", help="run folders (each with results.csv)")
     c.add_argument("--out", default=None, help="write the plot here (PNG)")
+    q = sub.add_parser("quantize", help="an INT8 (QDQ) copy of an exported file for CPUs, calibrated on val images")
+    q.add_argument("--model", required=True, help="the exported FP32 ONNX file")
+    q.add_argument("--out", required=True)
+    q.add_argument("--data", default=DEFAULT_DATA, help="data config whose val images calibrate (equal shares)")
+    q.add_argument("--images", type=int, default=300, help="calibration images")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return {"train": cmd_train, "val": cmd_val, "export": cmd_export, "info": cmd_info,
-            "compare": cmd_compare}[a.cmd](a)
+            "compare": cmd_compare, "quantize": cmd_quantize}[a.cmd](a)
 
 
 if __name__ == "__main__":
