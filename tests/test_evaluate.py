@@ -126,19 +126,31 @@ def test_cli_reads_saved_ndjson_and_prints_json_or_a_table(tmp_path: Path, capsy
         main([str(clips), "--ndjson-dir", str(saved), "--set", "no_such_setting=1"])
 
 
+def _clip_folders() -> list[str]:
+    """Every clip folder of the data (videos/*/annotations.csv), found when the tests are collected."""
+    import os
+
+    root = Path(os.environ.get("FALLDET_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+    found = sorted(p.name for p in (root / "videos").glob("*") if (p / "annotations.csv").is_file())
+    return found or ["gmdcsa24-s1"]  # (skips below with the reason when the data is absent)
+
+
 @pytest.mark.slow
-def test_shipped_model_on_the_shared_clips(capable_model_path: Path, data_dir: Path, tmp_path: Path):
-    """Issue 11 and 4 acceptance: an alert after the annotated start and exactly one fall segment
-    overlapping it in each fall clip; no fall segment and no alert in the daily-activity clips."""
-    clips = data_dir / "videos" / "gmdcsa24-s1"
+@pytest.mark.parametrize("folder", _clip_folders())
+def test_shipped_model_on_every_clip_folder(folder: str, model_path: Path, data_dir: Path, tmp_path: Path):
+    """Issue 23 acceptance, per clip folder: each fall clip alerted after its annotated start with
+    exactly one fall segment overlapping it; no alert in any daily-activity clip; posture right in
+    at least 85 % of the annotated frames."""
+    clips = data_dir / "videos" / folder
     if not (clips / "annotations.csv").is_file():
         pytest.skip(f"{clips} is missing (set FALLDET_DATA)")
-    report = evaluate(clips, model=capable_model_path, save_dir=tmp_path, log=print)
+    report = evaluate(clips, model=model_path, save_dir=tmp_path, log=print)
     print("\n" + format_table(report))
     for clip in report["clips"]:
         if clip["kind"] == "fall":
             assert clip["alert_raised"] and clip["alert_delay_s"] >= 0, clip
             assert clip["overlapping_fall_segments"] == 1, clip
         else:
-            assert clip["fall_segments"] == 0 and clip["alerts"] == 0, clip
+            assert clip["alerts"] == 0, clip
         assert clip["frames"] > 0
+    assert report["overall"]["action_accuracy"] >= 0.85, report["overall"]
