@@ -1,4 +1,5 @@
-"""`python -m training train|val|export|info|compare ...` (names pinned: docs/training.md)."""
+"""`python -m training train|val|export|info|compare|finetune ...` (names pinned: docs/training.md;
+finetune: docs/site-adaptation.md)."""
 from __future__ import annotations
 
 import argparse
@@ -106,7 +107,15 @@ def cmd_export(a: argparse.Namespace) -> int:
     path = export_onnx(a.weights, a.out, imgsz=a.imgsz, max_det=a.max_det, score_threshold=a.score_threshold,
                        iou_threshold=a.iou_threshold, metrics_json=a.metrics,
                        calibrate_data=None if a.no_calibrate else a.data, calibrate=not a.no_calibrate)
-    print(json.dumps({"out": str(path), "bytes": path.stat().st_size}))
+    out = {"out": str(path), "bytes": path.stat().st_size}
+    if a.int8:  # the CPU's faster copy beside it (the service picks it on a CPU)
+        from training.data.sources import load_data_config
+        from training.quantize import calibration_images, quantize
+        spec = load_data_config(a.data or DEFAULT_DATA)
+        int8 = path.with_name(path.stem + ".int8" + path.suffix)
+        quantize(path, int8, calibration_images([s.val for s in spec.sources if s.val is not None], 300))
+        out |= {"int8": str(int8), "int8_bytes": int8.stat().st_size}
+    print(json.dumps(out))
     return 0
 
 
@@ -148,6 +157,23 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(a: argparse.Namespace) -> int:
+    from training.finetune import FinetuneRefused, config_from_args, finetune
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    try:
+        report = finetune(config_from_args(a))
+    except FinetuneRefused as exc:
+        print(f"finetune: {exc}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"finetune: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: report[k] for k in ("onnx", "from", "site", "replay", "before", "after", "plan", "minutes")}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -179,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--data", default=None, help="data config whose (pooled) val split sets the operating point "
                                                         "(metadata `operating_point`, the service's default "
                                                         "score threshold); default: the checkpoint's own")
+    e.add_argument("--int8", action="store_true", help="also write NAME.int8.onnx (static INT8, calibrated on "
+                   "300 val images of --data; the service loads it on a CPU)")
     e.add_argument("--no-calibrate", action="store_true", help="no operating point (the service then uses 0.25)")
     i = sub.add_parser("info", help="params and GFLOPs of a preset")
     i.add_argument("--preset", default="baseline")
@@ -193,10 +221,32 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--out", required=True)
     q.add_argument("--data", default=DEFAULT_DATA, help="data config whose val images calibrate (equal shares)")
     q.add_argument("--images", type=int, default=300, help="calibration images")
+    f = sub.add_parser("finetune", help="fine-tune the shipped model on a site's reviewed alerts "
+                                        "(docs/site-adaptation.md)")
+    f.add_argument("--site", required=True, help="the folder `python -m service review-export --out` wrote")
+    f.add_argument("--from", dest="base", default="models/fall-detector.pt", help="base checkpoint (weights only)")
+    f.add_argument("--out", default="runs/finetune/site", help="run folder (train/, finetune.json, the ONNX)")
+    f.add_argument("--onnx", default=None, help="where the ONNX goes (default OUT/fall-detector-site.onnx)")
+    f.add_argument("--epochs", type=int, default=3)
+    f.add_argument("--batch", type=int, default=8)
+    f.add_argument("--lr0", type=float, default=0.002)
+    f.add_argument("--imgsz", type=int, default=0, help="default: the base checkpoint's")
+    f.add_argument("--epoch-size", type=int, default=0, help="images an epoch (default 4 x the site's, >= 64; "
+                                                              "cut to fit the budget)")
+    f.add_argument("--budget-min", type=float, default=20.0, help="CPU minutes the whole run may take (estimated)")
+    f.add_argument("--site-weight", type=float, default=1.0, help="the site's share against all base sources (1.0)")
+    f.add_argument("--no-replay", dest="replay", action="store_false", help="train on the site frames alone")
+    f.add_argument("--base-val-limit", type=int, default=300, help="base val images scored before and after")
+    f.add_argument("--max-regression", type=float, default=0.02, help="largest fall of the base val figure allowed")
+    f.add_argument("--workers", type=int, default=0)
+    f.add_argument("--threads", type=int, default=0)
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-progress", dest="progress", action="store_false")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return {"train": cmd_train, "val": cmd_val, "export": cmd_export, "info": cmd_info,
-            "compare": cmd_compare, "quantize": cmd_quantize}[a.cmd](a)
+            "compare": cmd_compare, "quantize": cmd_quantize, "finetune": cmd_finetune}[a.cmd](a)
 
 
 if __name__ == "__main__":
