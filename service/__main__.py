@@ -1,5 +1,6 @@
-"""Command line: `python -m service serve` (the HTTP service), `python -m service analyze VIDEO`
-and `python -m service watch [CAMERA]` (a running service's live messages).
+"""Command line: `python -m service serve` (the HTTP service), `python -m service analyze VIDEO`,
+`python -m service watch [CAMERA]` (a running service's live messages) and `python -m service
+review-export --out DIR` (reviewed alerts as site training data, service/review_export.py).
 
 `analyze` runs a video through the same runtime, inference worker, tracker and fall rules as
 `POST /v1/videos` and prints the same NDJSON lines on stdout (frame lines, event lines, a final
@@ -140,6 +141,20 @@ def watch(args: argparse.Namespace) -> int:
         return 0
 
 
+def review_export(args: argparse.Namespace) -> int:
+    from service.review_export import ExportError, export_reviews
+
+    try:
+        report = export_reviews(_settings(None), args.out, per_incident=args.per_incident,
+                                val_percent=args.val_percent, force=args.force)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json()))
+    print(f"{args.out}: images of people's rooms (mode 0600); keep them on this machine", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description="Real-time fall detection service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
                                  "show in the process list)")
     p.add_argument("--count", type=int, help="stop after this many messages")
     p.set_defaults(run=watch)
+
+    p = commands.add_parser("review-export", help="reviewed alerts -> a YOLO data folder for "
+                                                  "`python -m training finetune --site DIR`")
+    p.add_argument("--out", type=Path, required=True, help="the data folder to write (new or empty)")
+    p.add_argument("--per-incident", type=int, default=20, help="most frames of one incident (default %(default)s)")
+    p.add_argument("--val-percent", type=float, default=25.0, help="share of incidents held out for the "
+                   "before/after comparison (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.set_defaults(run=review_export)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,

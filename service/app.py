@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 from service import api_key_file, log_redact, metrics
 from service.api import alerts, detect, health, streams as streams_api, videos, web, ws
 from service.api import clips as clips_api, zones as zones_api
+from service.api import model as model_api, reviews as reviews_api
+from service.model_swap import ModelManager, ModelWatcher, active_model
 from service.bus import EventBus
 from service.clips import ClipService
 from service.delivery import Delivery, DeliveryMetrics
@@ -49,7 +51,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
                streams: StreamManager | None = None, delivery: Delivery | None = None) -> FastAPI:
     """The service app; collaborators left as None are built from `settings`."""
     if worker is None:
-        runtime = runtime or runtime_from_settings(settings)
+        if runtime is None:
+            swapped = active_model(settings)  # a model swapped in before this restart stays in use
+            if swapped is not None:
+                log.info("using %s, swapped in before the restart (STATE_DIR/models/active.json)", swapped.name)
+            runtime = runtime_from_settings(settings.model_copy(update={"model": swapped}) if swapped else settings)
         worker = InferenceWorker(runtime, settings.max_batch, settings.max_wait_ms)
     runtime = runtime or getattr(worker, "runtime", None)
     store = store or AlertStore(settings.db, settings.snapshot_dir, settings.retention, settings.clip_dir)
@@ -60,10 +66,19 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
     bus = bus or EventBus(store, delivery)
     if streams is None:
         def pipeline_factory(source: str) -> SourcePipeline:
-            return SourcePipeline(source, settings.pipeline, live=True,
-                                  detection_threshold=getattr(runtime, "score_threshold", None))
+            return SourcePipeline(source, settings.pipeline, live=True,  # the model running now
+                                  detection_threshold=getattr(worker.runtime, "score_threshold", None))
 
         streams = StreamManager(settings, worker, bus, pipeline_factory, clips=clips)
+
+    def model_changed(current) -> None:
+        app.state.runtime = current.runtime
+        store.model_tag = current.tag()
+
+    models = ModelManager(settings, worker, runtime, on_change=model_changed)
+    store.model_tag = models.current.tag()
+    watcher = ModelWatcher(models, settings.model_watch_dir, settings.model_watch_interval_s) \
+        if settings.model_watch_dir is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,11 +88,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
         worker.start()
         delivery.start()
         await asyncio.to_thread(streams.start)
+        if watcher is not None:
+            watcher.start()
         log.info("service ready: model %s on %s", getattr(getattr(runtime, "model_path", None), "name", "?"),
                  getattr(runtime, "providers", "?"))
         try:
             yield
         finally:
+            if watcher is not None:
+                await asyncio.to_thread(watcher.stop)
             await asyncio.to_thread(streams.stop)  # publishes the cameras' last events first
             await asyncio.to_thread(clips.stop)  # clips cut short by the stop are written
             await asyncio.to_thread(bus.close)  # a last try to store events the store refused; logs any lost
@@ -93,7 +112,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
     app = FastAPIOffline(title="falldet", version="0.1.0", lifespan=lifespan, redoc_url=None,
                          description="Real-time fall detection over RTSP cameras, uploaded videos and images.")
     app.state.settings = settings
-    app.state.api_keys = resolve_api_keys(settings)
+    app.state.admin_keys = list(settings.admin_keys)
+    app.state.api_keys = resolve_api_keys(settings) + app.state.admin_keys  # an admin key reads too
+    app.state.models = models
     app.state.runtime = runtime
     app.state.worker = worker
     app.state.store = store
@@ -102,7 +123,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
     app.state.streams = streams
     app.state.clips = clips
 
-    for module in (health, metrics, detect, videos, streams_api, zones_api, alerts, clips_api, ws, web):
+    for module in (health, metrics, detect, videos, streams_api, zones_api, alerts, clips_api, model_api, reviews_api, ws, web):
         app.include_router(module.router)
     app.add_exception_handler(Exception, _internal_error)
     return app

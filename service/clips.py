@@ -51,6 +51,8 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.clip_frames import FrameKeeper
+
 log = logging.getLogger(__name__)
 
 BUFFER_LEAD_S = 5.0  # buffered beyond pre_s: a fall's onset precedes its alert by confirm_s + latency
@@ -367,11 +369,19 @@ class SourceClips:
                     best, best_dt = boxes[job.track_id], abs(t - pts_s)
         return best
 
+    def _boxes_at(self, pts_s: float) -> dict[int, tuple]:
+        """Every tracked box of the nearest result within BOX_HOLD_S (site frames label everyone)."""
+        best, best_dt = {}, BOX_HOLD_S + 1e-9
+        for t, boxes in self._results:
+            if abs(t - pts_s) <= best_dt:
+                best, best_dt = boxes, abs(t - pts_s)
+        return dict(best)
+
     def _release(self, job: ClipJob, upto: float) -> None:
         out = []
         while job.pending and job.pending[0].pts_s <= upto:
             entry = job.pending.popleft()
-            out.append((entry, self._box(job, entry.pts_s)))
+            out.append((entry, self._box(job, entry.pts_s), self._boxes_at(entry.pts_s)))
         if out:
             job.frames += len(out)
             self.writer.frames(job, out)
@@ -429,6 +439,7 @@ class _Encoder:
         self.stream = None
         self.size: tuple[int, int] | None = None
         self.last_pts = -1
+        self.keeper = FrameKeeper(job)  # clean frames for site training (service/clip_frames.py)
 
     def _open(self, width: int, height: int) -> None:
         w, h = width - width % 2, height - height % 2
@@ -501,6 +512,10 @@ class _Encoder:
         finally:
             os.close(fd)
         os.replace(self.tmp, self.job.path)
+        try:
+            self.keeper.write(self.job.path)
+        except Exception:  # the clip stands without its training frames
+            log.exception("clip of alert %s: its training frames could not be written", self.job.alert_id)
         dfd = os.open(self.job.path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
@@ -571,8 +586,8 @@ class ClipWriter:
         self._queue.put(("open", job, None))
         self.start()
 
-    def frames(self, job: ClipJob, items: list[tuple[BufferedFrame, tuple | None]]) -> None:
-        size = sum(len(e.jpeg) for e, _ in items)
+    def frames(self, job: ClipJob, items: list[tuple[BufferedFrame, tuple | None, dict]]) -> None:
+        size = sum(len(item[0].jpeg) for item in items)
         with self._lock:
             if self._queued_bytes + size > self.max_queued_bytes:  # the writer is far behind
                 CLIP_FRAMES_DROPPED.labels("writer_behind").inc(len(items))
@@ -607,11 +622,12 @@ class ClipWriter:
                     encoders[job.alert_id] = _Encoder(job, self.codec, self.settings)
                 elif kind == "frames":
                     with self._lock:
-                        self._queued_bytes -= sum(len(e.jpeg) for e, _ in items)
+                        self._queued_bytes -= sum(len(item[0].jpeg) for item in items)
                     enc = encoders.get(job.alert_id)
                     if enc is not None:
-                        for entry, box in items:
+                        for entry, box, *others in items:
                             enc.add(entry, box)
+                            enc.keeper.add(entry, box, others[0] if others else None)
                 elif kind == "finish":
                     enc = encoders.pop(job.alert_id, None)
                     if enc is not None:
@@ -765,7 +781,7 @@ class ClipService:
             try:
                 age = now - path.stat().st_mtime
                 if (path.name.startswith(".") and path.name.endswith(".tmp") and age >= temp_age_s) or (
-                        path.suffix == ".mp4" and self.upload_max_age_s is not None and age > self.upload_max_age_s):
+                        path.suffix in (".mp4", ".tar") and self.upload_max_age_s is not None and age > self.upload_max_age_s):
                     path.unlink()
             except OSError:
                 pass

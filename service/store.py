@@ -41,6 +41,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.store_clips import StoreClips, clip_fields
+from service.store_reviews import MIGRATION as REVIEWS_MIGRATION, StoreReviews
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN clip_sent INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX events_clip_unsent ON events(seq) WHERE clip_sent = 0;
     """,
+    REVIEWS_MIGRATION,  # reviews per incident and "nobody fell here" views (service/store_reviews.py)
 )
 EARLY_ACK_MAX_AGE_S = 7 * 86400  # an event arrives within replay_max_age_s (a day) or never
 
@@ -219,7 +221,7 @@ def _unlink_all(folder: Path, files: list[tuple[str, int]]) -> int:
     return freed
 
 
-class AlertStore(StoreClips):
+class AlertStore(StoreClips, StoreReviews):
     """SQLite (WAL) alert store with snapshots on disk; see the module docstring for guarantees."""
 
     def __init__(self, db_path: Path, snapshot_dir: Path,
@@ -230,6 +232,7 @@ class AlertStore(StoreClips):
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.run_id = uuid.uuid4().hex  # this process's run: marks which events it raised
+        self.model_tag: dict | None = None  # the model running now ({file, sha256}): stamped on new events
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
         self._channels: set[str] = set()  # registered by this process: retention keeps what they still owe
@@ -303,6 +306,8 @@ class AlertStore(StoreClips):
     def add(self, event: EventLike) -> dict:
         """Store an event of this pod (snapshot file first, then the row). Idempotent by id."""
         body = event.to_json()
+        if self.model_tag is not None:  # which model raised it (a swap changes it between batches)
+            body.setdefault("model", dict(self.model_tag))
         return self._insert(body, event.snapshot, run=self.run_id, origin=None)[0]
 
     def add_remote(self, payload: dict, origin: str, snapshot: bytes | None = None) -> tuple[dict, bool]:
@@ -317,7 +322,7 @@ class AlertStore(StoreClips):
         if payload["type"] not in EVENT_TYPES or not isinstance(payload.get("track_id"), (int, type(None))):
             raise ValueError(f"remote event has an unknown type {payload['type']!r} or a bad track_id")
         body = {k: v for k, v in payload.items() if k not in {"acked", "ack", "snapshot_url", "clip_url", "clip_status", "clip_error",
-                                                        "origin", "pod"}}
+                                                        "origin", "pod", "review"}}
         return self._insert(body, snapshot, run=None, origin=str(origin))
 
     def _insert(self, body: dict, snapshot: bytes | None, run: str | None, origin: str | None
@@ -392,6 +397,7 @@ class AlertStore(StoreClips):
         alert["snapshot_url"] = f"/v1/alerts/{row['id']}/snapshot.jpg" if row["snapshot"] else None
         alert.update(clip_fields(row, self.run_id, self.clips_enabled))
         alert["origin"] = row["origin"]
+        alert["review"] = self._review_of(row)
         return alert
 
     def get(self, alert_id: str) -> dict | None:

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.clip_frames import frames_path
+
 PRUNED = "pruned by retention"
 STOPPED = "the service stopped before the clip was written"
 
@@ -112,7 +114,9 @@ class StoreClips:
             used = {r[0] for r in self._durable.execute(
                 "SELECT clip FROM events WHERE clip IN (SELECT value FROM json_each(?))",
                 (json.dumps([rel for rel, _ in files]),))}
-        return _unlink_all(self.clip_dir, [(rel, size) for rel, size in files if rel not in used])
+        gone = [(rel, size) for rel, size in files if rel not in used]
+        _unlink_all(self.clip_dir, [(frames_path(Path(rel)).as_posix(), 0) for rel, _ in gone])  # its site frames
+        return _unlink_all(self.clip_dir, gone)
 
     def _prune_clips(self, policy: Any, now: float, channels: str) -> tuple[int, int]:
         """Clips by age, then the oldest while all together exceed the cap; an unacknowledged fall
@@ -157,6 +161,7 @@ class StoreClips:
             try:
                 if rel not in known and path.stat().st_mtime < now - older_than_s:
                     path.unlink()
+                    frames_path(path).unlink(missing_ok=True)
                     removed += 1
             except OSError:
                 pass

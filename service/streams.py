@@ -495,6 +495,11 @@ class StreamManager:
         stream = self._streams.get(stream_id)
         return stream.preview(max_width) if stream is not None else None
 
+    def last_frame(self, stream_id: str) -> Frame | None:
+        """A camera's latest processed frame (as decoded, nothing drawn), or None."""
+        stream = self._streams.get(stream_id)
+        return getattr(stream, "_last_frame", None) if stream is not None else None
+
     def owns(self, stream_id: str) -> bool:
         return shard_of(stream_id, self.shard_count) == self.shard_index
 

@@ -133,6 +133,15 @@ class InferenceWorker:
             self._cv.notify()
         return fut
 
+    def swap_runtime(self, runtime: Detector) -> Detector:
+        """Use `runtime` from the next batch on (a model swap); returns the one it replaces.
+
+        The inference thread reads `self.runtime` once per call, so the batch in flight finishes on
+        the old model and no frame, camera or future is dropped by the swap."""
+        with self._cv:
+            old, self.runtime = self.runtime, runtime
+        return old
+
     def dropped(self, source: str) -> int:
         """Live frames of `source` replaced before inference, so far."""
         with self._cv:
@@ -257,7 +266,8 @@ class InferenceWorker:
     def _run(self, batch: list[Item]) -> list[list[Person]]:
         """One runtime call over `batch`, with its metrics; raises what the runtime raised."""
         start = time.perf_counter()
-        result = self.runtime.detect([f.image for f, _ in batch])
+        runtime = self.runtime  # read once: a swap takes effect at the next batch, never mid-call
+        result = runtime.detect([f.image for f, _ in batch])
         if len(result) != len(batch):
             raise RuntimeError(f"runtime returned {len(result)} results for {len(batch)} frames")
         INFERENCE_SECONDS.observe(time.perf_counter() - start)

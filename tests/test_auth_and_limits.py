@@ -131,7 +131,9 @@ def test_unexpected_errors_are_500_without_a_trace(tiny_client, auth, monkeypatc
     assert ok.status_code == 200
 
 
-def test_a_random_key_is_made_and_printed_once_when_none_is_set(tmp_path, tiny_model, capsys):
+def test_a_random_key_is_made_once_kept_in_the_state_folder_and_never_printed(tmp_path, tiny_model, capsys):
+    import stat
+
     from service.app import create_app
     from service.runtime import Runtime
     from service.settings import Settings
@@ -139,9 +141,14 @@ def test_a_random_key_is_made_and_printed_once_when_none_is_set(tmp_path, tiny_m
     app = create_app(Settings(state_dir=tmp_path, api_keys=[]), runtime=Runtime(tiny_model, ["CPUExecutionProvider"]))
     keys = app.state.api_keys
     assert len(keys) == 1 and len(keys[0]) >= 24
+    key_file = tmp_path / "api_key"
+    assert key_file.read_text().strip() == keys[0] and stat.S_IMODE(key_file.stat().st_mode) == 0o600
     err = capsys.readouterr().err
-    assert err.count(keys[0]) == 1
+    assert keys[0] not in err and str(key_file.resolve()) in err  # where it is, not what it is
     app.state.store.close()
+    again = create_app(Settings(state_dir=tmp_path, api_keys=[]), runtime=Runtime(tiny_model, ["CPUExecutionProvider"]))
+    assert again.state.api_keys == keys  # a restart keeps the key: tablets stay signed in
+    again.state.store.close()
 
 
 def test_settings_from_the_environment(monkeypatch, tmp_path):

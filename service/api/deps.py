@@ -64,6 +64,20 @@ def require_api_key(conn: HTTPConnection, header: Annotated[str | None, Security
     return key  # type: ignore[return-value]
 
 
+def require_admin_key(conn: HTTPConnection, header: Annotated[str | None, Security(_header_scheme)] = None) -> str:
+    """An admin key (`FALLDET_ADMIN_KEYS`) in `X-API-Key`: 401 without a valid key, 403 for an
+    ordinary key (it may read the model, not change it) or when no admin key is configured."""
+    admin = getattr(conn.app.state, "admin_keys", [])
+    given = (header or "").encode()
+    if header and any(secrets.compare_digest(given, k.encode()) for k in admin):
+        return header
+    if not _valid(conn, header):
+        _refuse(conn, header)
+    detail = ("this needs an admin key (FALLDET_ADMIN_KEYS); an ordinary API key can read the model, not change it"
+              if admin else "model changes are off: no admin key is configured (set FALLDET_ADMIN_KEYS)")
+    raise HTTPException(status.HTTP_403_FORBIDDEN, detail=detail)
+
+
 def websocket_key(conn: HTTPConnection) -> str | None:
     """A WebSocket's key: the header, else the `falldet.key.` subprotocol, else `?api_key=`."""
     key = conn.headers.get(API_KEY_HEADER)
@@ -131,6 +145,7 @@ def get_streams(conn: HTTPConnection) -> StreamManager:
 
 
 ApiKey = Annotated[str, Depends(require_api_key)]
+AdminKey = Annotated[str, Depends(require_admin_key)]
 WsApiKey = Annotated[str, Depends(require_ws_api_key)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

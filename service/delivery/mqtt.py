@@ -8,6 +8,9 @@ Topics (`<prefix>` defaults to `falldet`, `<camera>` is the source id with anyth
                                (the topic is a template: `{prefix}/{pod}/available` for several pods);
 - `<prefix>/snapshots/<id>`    the event's JPEG (QoS 1), so other pods can mirror it;
 - `<prefix>/acks`              acknowledgements made on any pod, so every pod's store converges;
+- `<prefix>/reviews`           reviews (`{"id", "verdict": "fall"|"false_alarm"|"unsure", "by",
+                               "comment", "at"}`) made on any pod; also a command topic: a client
+                               publishing there reviews the alert's whole incident (latest wins);
 - `<prefix>/clips`             a fall_alert's clip outcome once known (QoS 1, not retained): `{"id",
                                "source", "clip_status": "ready"|"failed"|..., "clip_url", "clip_error"}`
                                (the alert itself went out with `clip_status` `pending`);
@@ -263,6 +266,7 @@ class MqttChannel:
         if self.settings.share_events:
             subs += [(self.events_topic(), SubscribeOptions(qos=1, noLocal=True)),
                      (f"{self.prefix}/acks", SubscribeOptions(qos=1, noLocal=True)),
+                     (f"{self.prefix}/reviews", SubscribeOptions(qos=1, noLocal=True)),
                      (f"{self.prefix}/snapshots/+", SubscribeOptions(qos=1, noLocal=True))]
         if self.settings.ha_discovery:
             subs.append((f"{self.settings.ha_prefix}/status", SubscribeOptions(qos=1)))
@@ -321,6 +325,9 @@ class MqttChannel:
                                                data.get("comment")):
                     self._wake.set()  # the camera state may turn OFF: reconcile now, not in a second
             return
+        if topic == f"{self.prefix}/reviews":
+            self._apply_review(data)
+            return
         if topic == self.events_topic():
             snapshot = self._early_snapshots.pop(str(data.get("id")), None)
             alert, inserted = self.store.add_remote(data, origin=str(data.get("pod") or "unknown"),
@@ -355,6 +362,7 @@ class MqttChannel:
             self._announce_all()
         self._publish_events()  # events before acks: other pods must know an event before its ack
         self._publish_acks()
+        self._publish_reviews()
         self._publish_clips()
         self._reconcile_states()
         self._settle()
@@ -415,6 +423,9 @@ class MqttChannel:
             elif entry[0] == "clip":
                 if ok:  # a refused one stays unsent in the store and is sent again at the next wake
                     self.store.mark_clip_sent(entry[1])
+            elif entry[0] == "review":
+                if ok:  # a refused one stays unsent in the store and is sent again at the next wake
+                    self.store.mark_review_sent(entry[1], entry[2])
             elif entry[0] == "ack":
                 if ok:
                     self._ack_backoff.pop(entry[1], None)
@@ -463,6 +474,29 @@ class MqttChannel:
                 continue  # refused before: wait for its backoff
             info = self._publish(f"{self.prefix}/acks", json.dumps(dict(ack, pod=self.pod_id)))
             self._inflight[info.mid] = ("ack", ack["id"], ack["at"])
+
+    def _apply_review(self, data: dict) -> None:
+        """A review from another pod or a command (`{"id", "verdict", "by"[, "comment", "at"]}`)."""
+        verdict, alert_id = data.get("verdict"), data.get("id")
+        if not isinstance(alert_id, str) or verdict not in ("fall", "false_alarm", "unsure"):
+            log.warning("MQTT review ignored: it needs an alert 'id' and a verdict fall|false_alarm|unsure")
+            return
+        at = data.get("at") if isinstance(data.get("at"), (int, float)) else None
+        comment = data.get("comment") if isinstance(data.get("comment"), str) else None
+        if self.store.review(alert_id, verdict, str(data.get("by") or "mqtt")[:100], comment and comment[:1000],
+                             at=at, shared=True) is None:
+            log.warning("MQTT review of an unknown alert %s ignored", alert_id)
+
+    def _publish_reviews(self) -> None:
+        """Local reviews go to `<prefix>/reviews`, so every pod's store shows them."""
+        if not self.settings.share_events:
+            return
+        in_flight = {(e[1], e[2]) for e in self._inflight.values() if e[0] == "review"}
+        for review in self.store.pending_reviews():
+            if (review["id"], review["at"]) in in_flight or not self.connected:
+                continue
+            info = self._publish(f"{self.prefix}/reviews", json.dumps(dict(review, pod=self.pod_id)))
+            self._inflight[info.mid] = ("review", review["id"], review["at"])
 
     def _publish_clips(self) -> None:
         """Clip outcomes of alerts already handed to the broker (an outcome never precedes its alert)."""

@@ -29,6 +29,7 @@
   const RING_HISTORY_S = 600; // at first load, an open fall younger than this still rings
 
   const $ = (sel, root = document) => root.querySelector(sel);
+  const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
   const enc = encodeURIComponent;
 
   // ---------------------------------------------------------------- state
@@ -234,6 +235,7 @@
       this.canvas.addEventListener("click", () => selectCamera(this.id));
       $(".remove-btn", this.el).addEventListener("click", () => removeCamera(this.id));
       $(".zones-btn", this.el).addEventListener("click", () => openZoneEditor(this));
+      $(".negative-btn", this.el).addEventListener("click", () => markNobodyFell(this));
       this.results = new Map(); // frame index -> frame result
       this.latest = null;
       this.lastResultAt = 0;
@@ -730,6 +732,8 @@
     if (!group.card) {
       group.card = $("#alert-template").content.firstElementChild.cloneNode(true);
       $(".ack-btn", group.card).addEventListener("click", () => acknowledge(group));
+      $(".card-review .review-fall", group.card).addEventListener("click", () => review(group, "fall"));
+      $(".card-review .review-false", group.card).addEventListener("click", () => review(group, "false_alarm"));
       $(".select-box", group.card).addEventListener("change", updateBulkAck);
       $(".snapshot-btn", group.card).addEventListener("click", () => {
         const src = $(".snapshot", group.card).src;
@@ -778,6 +782,7 @@
     $(".ack-info", card).textContent = acked
       ? (ackedEvent ? `acknowledged by ${ackedEvent.ack.by || "?"} at ${clock(ackedEvent.ack.at)}${ackedEvent.ack.comment ? `: ${ackedEvent.ack.comment}` : ""}` : "acknowledged")
       : "";
+    showReview($(".card-review", card), head, events);
     const withClip = events.find((e) => e.clip_url); // the MP4 of the fall, once written
     const clipBtn = $(".clip-btn", card);
     clipBtn.hidden = !withClip;
@@ -815,6 +820,12 @@
   // plays and seeks locally; the server also answers Range requests for other clients.
   async function playClip(ev) {
     const video = $("#clip-video");
+    const group = state.groups.get(groupKey(ev));
+    const row = $("#clip-dialog .clip-review");
+    row.hidden = !group || isCameraEvent(ev);
+    $(".review-fall", row).onclick = group ? () => review(group, "fall") : null;
+    $(".review-false", row).onclick = group ? () => review(group, "false_alarm") : null;
+    if (group) showReview(row, groupHead(group), group.events);
     $("#clip-title").textContent = `${ev.source} · ${dateTime(ev.at)}`;
     showError($("#clip-error"), "");
     $("#clip-dialog").showModal();
@@ -827,6 +838,50 @@
       video.play().catch(() => {});
     } catch (err) {
       if (!(err instanceof AuthError)) showError($("#clip-error"), `Clip unavailable: ${err.message}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- reviews (site training)
+
+  // A review covers the whole fall (its fall_id); the latest verdict wins, so it may be changed.
+  const VERDICT_WORDS = { fall: "reviewed: a real fall", false_alarm: "reviewed: false alarm", unsure: "reviewed: unsure" };
+
+  function showReview(row, head, events) {
+    const reviewed = events.find((e) => e.review) || null;
+    const r = reviewed && reviewed.review;
+    row.hidden = isCameraEvent(head);
+    row.dataset.verdict = r ? r.verdict : "";
+    $(".review-info", row).textContent = r ? `${VERDICT_WORDS[r.verdict] || r.verdict} (${r.by || "?"}, ${clock(r.at)})` : "";
+  }
+
+  async function review(group, verdict) {
+    const head = groupHead(group);
+    const rows = [$(".card-review", group.card), $("#clip-dialog .clip-review")];
+    for (const row of rows) for (const b of $$("button", row)) b.disabled = true;
+    try {
+      const updated = await api(`v1/alerts/${enc(head.id)}/review`, {
+        method: "POST", body: { verdict, by: state.operator || "operator" } });
+      for (const e of [...group.events]) onEvent({ ...e, review: updated.review }, false);
+      showReview($("#clip-dialog .clip-review"), groupHead(group), group.events);
+    } catch (err) {
+      if (!(err instanceof AuthError)) $(".review-info", rows[0]).textContent = `review failed: ${err.message}`;
+    } finally {
+      for (const row of rows) for (const b of $$("button", row)) b.disabled = false;
+    }
+  }
+
+  async function markNobodyFell(tile) {
+    const btn = $(".negative-btn", tile.el);
+    btn.disabled = true;
+    try {
+      const neg = await api(`v1/streams/${enc(tile.id)}/negative`, {
+        method: "POST", body: { by: state.operator || "operator" } });
+      btn.textContent = `Kept (${neg.boxes.length} ${neg.boxes.length === 1 ? "person" : "people"}, no fall)`;
+      setTimeout(() => { btn.textContent = "Nobody fell here"; }, 4000);
+    } catch (err) {
+      if (!(err instanceof AuthError)) { btn.textContent = `Not kept: ${err.message}`; setTimeout(() => { btn.textContent = "Nobody fell here"; }, 6000); }
+    } finally {
+      btn.disabled = false;
     }
   }
 
