@@ -171,7 +171,7 @@ class ScriptedCameras:
         if self._thread is not None:
             self._thread.join(5)
 
-    def add(self, stream_id: str, url: str) -> dict:
+    def add(self, stream_id: str, url: str, detect_fps: float | None = None) -> dict:
         validate_stream_id(stream_id)
         try:
             validate_stream_url(url)

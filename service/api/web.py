@@ -16,7 +16,15 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 # name -> media type; the only files this router will ever send
 STATIC_FILES: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
+    # the script: ES modules, app.js the entry point importing the others (relative URLs)
     "app.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "api.js": "text/javascript; charset=utf-8",
+    "cameras.js": "text/javascript; charset=utf-8",
+    "timeline.js": "text/javascript; charset=utf-8",
+    "alerts.js": "text/javascript; charset=utf-8",
+    "alarm.js": "text/javascript; charset=utf-8",
+    "zones.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 
