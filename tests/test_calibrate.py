@@ -11,10 +11,10 @@ from training.calibrate import best_f1, match_detections, operating_point
 
 def dataset(images: list[list[tuple[int, tuple[float, float, float, float]]]]) -> SimpleNamespace:
     """A stand-in for DetectionDataset: 100 x 100 images with (class, normalized cx cy w h) labels."""
-    samples = [SimpleNamespace(labels=np.array([c for c, _ in gts], np.int64),
+    samples = [SimpleNamespace(labels=np.array([c for c, _ in gts], np.int64), source="one",
                                boxes_xywhn=np.array([b for _, b in gts], np.float32).reshape(-1, 4)) for gts in images]
     return SimpleNamespace(samples=samples, images=[np.zeros((100, 100, 3), np.uint8)] * len(images),
-                           names=["fall", "sit", "stand"])
+                           names=["fall", "sit", "stand"], sources={})
 
 
 def test_best_f1_picks_the_score_that_balances_precision_and_recall():
@@ -61,3 +61,17 @@ def test_operating_point_reports_person_and_per_class_thresholds():
     assert op["score_threshold"] == 0.2 and op["person"]["f1"] == 1.0 and op["images"] == 3
     assert op["per_class"]["fall"]["score_threshold"] == 0.3
     assert op["per_class"]["sit"]["score_threshold"] is None  # no sitting person in these images
+
+
+def test_a_source_that_boxes_only_the_fallen_does_not_vote_on_person_precision() -> None:
+    from training.calibrate import match_detections
+
+    ds = dataset([[(0, (0.5, 0.5, 0.2, 0.2))], [(0, (0.5, 0.5, 0.2, 0.2))]])
+    ds.samples[1].source = "poses"
+    ds.sources = {"one": SimpleNamespace(boxes_everyone=True), "poses": SimpleNamespace(boxes_everyone=False)}
+    bystander = np.array([[10, 10, 30, 30, 0.9, 2]], np.float32)  # an unboxed standing person
+    hit = np.array([[40, 40, 60, 60, 0.8, 0]], np.float32)
+    scores, hits, n_gt = match_detections(ds, [hit, np.concatenate([bystander, hit])])
+    assert n_gt == 1 and hits.tolist() == [True]  # image 2 left out of "is there a person?"
+    _, fall_hits, fall_gt = match_detections(ds, [hit, np.concatenate([bystander, hit])], class_id=0)
+    assert fall_gt == 2 and fall_hits.tolist() == [True, True]  # its falls still count for `fall`

@@ -209,7 +209,7 @@ def test_the_shipped_config_maps_every_source() -> None:
     spec = load_data_config(ALL_SOURCES)
     space: LabelSpace = spec.space
     by_name = {s.name: s for s in spec.sources}
-    assert set(by_name) == {"fall-action", "care-home", "ip-cameras"}
+    assert set(by_name) == {"fall-action", "care-home", "ip-cameras", "clinic-cctv", "fall-poses"}
     allowed = space.allowed_matrix()
     care = by_name["care-home"]
     target = dict(zip(care.label_names, care.to_target))
@@ -218,3 +218,6 @@ def test_the_shipped_config_maps_every_source() -> None:
     assert not allowed[target["patient"], 0] and not allowed[target["person"], 0]  # neither says "fall"
     ip = by_name["ip-cameras"]
     assert allowed[dict(zip(ip.label_names, ip.to_target))["normal"]].tolist() == [False, True, True, False]
+    clinic, poses = by_name["clinic-cctv"], by_name["fall-poses"]
+    assert allowed[clinic.to_target[0]].tolist() == [False, True, True, False] and clinic.val is None
+    assert poses.trains == (0,) and allowed[poses.to_target[0]].tolist() == [True, False, False, False]
