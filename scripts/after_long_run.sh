@@ -18,6 +18,7 @@ for M in fall-detector fall-detector.int8; do
     $PY $EVAL models/$M.onnx "$FALLDET_DATA/$S/val" --task fall --ignore danger --json $OUT/eval-$M-$S.json > $OUT/eval-$M-$S.txt 2>&1
   done
 done
+$PY $EVAL $OLD "$FALLDET_DATA/fall-poses/val" --task fall --json $OUT/eval-old-fall-poses.json > $OUT/eval-old-fall-poses.txt 2>&1
 for D in gmdcsa24-s1 assist-iot; do
   $PY -m service.evaluate "$FALLDET_DATA/videos/$D" --save-ndjson $OUT/clips/$D --json > $OUT/clips-$D.json 2> $OUT/clips-$D.log
   $PY -m service.evaluate "$FALLDET_DATA/videos/$D" --ndjson-dir $OUT/clips/$D > $OUT/clips-$D.txt

@@ -546,7 +546,9 @@ def test_client_gets_results_for_a_25fps_camera(tmp_path, request, model):
     runtime = request.getfixturevalue("tiny_runtime" if model == "tiny" else "runtime")
     with RtspCamera({"cam": clip("fall/14.mp4")}, fps=25) as camera, LiveServer(app_for(tmp_path, runtime)) as server:
         with server.http() as http:
-            assert http.post("/v1/streams", json={"id": "cam", "url": camera.url("cam")}).status_code == 201
+            # every frame analysed (the service's default is 5 a second; this camera asks for all 25)
+            assert http.post("/v1/streams", json={"id": "cam", "url": camera.url("cam"),
+                                                  "detect_fps": 30}).status_code == 201
             wait_for(lambda: http.get("/v1/streams/cam").json()["state"] == "live", 15)
         m = measure_camera(server, seconds=8.0)
         with server.http() as http:
