@@ -5,13 +5,14 @@
 set -e
 cd "$(dirname "$0")/.."
 export FALLDET_DATA="${FALLDET_DATA:-$(cd .. && pwd)/shared/data}"
-RUN="${RUN:-runs/train/G-mnv2-ssdlite-person-320-e25}"
+RUN="${RUN:-runs/train/G-mnv2-ssdlite-person-320-e20}"
 OLD="${OLD:-runs/old-fall-detector.onnx}"
 OUT=runs/final
 mkdir -p $OUT
 PY=.venv/bin/python
 EVAL=../shared/tools/evaluate_detector.py
-$PY -m training val --weights $RUN/best.pt --confusion $OUT/confusion.png > $OUT/val.json 2> $OUT/val.txt
+cp $RUN/metrics.json $OUT/val-metrics.json  # the trainer's final per-source val of best.pt
+cp $RUN/confusion_matrix.png $OUT/confusion.png
 $PY -m training export --weights $RUN/best.pt --out models/fall-detector.onnx --int8 > $OUT/export.json
 for M in fall-detector fall-detector.int8; do
   for S in care-home ip-cameras fall-action fall-poses; do
