@@ -25,18 +25,20 @@ id of its `fall_alert`, so that the fall is one incident to receivers (acknowled
   `confirm_s`.
 A fall that ends before it is confirmed raises nothing; it is still recorded for the summary.
 
-How long a fall must last before it is confirmed depends on how the person came down. A fall
-whose onset comes within `descent_s` of the track last being upright (an `upright_actions`
-posture, by default `stand`, or of leaving a bed zone) is a fall as it happens: `confirm_s`. After
-any other posture (a person who sat on the floor and then lay down, who kneels and crawls) it is
-confirmed only after `slow_confirm_s` down: lying down on purpose is not an emergency, lying there
-for long may be. A person first seen down (the camera or the track started then) is confirmed after
-`confirm_s`: nothing says they lay down on purpose.
+How long a fall must last before it is confirmed depends on whether the body was seen coming
+down. The reference is the track's highest box (smallest top) in the `descent_s` before the onset;
+if the box's top has dropped by at least `min_drop` of that box's height when `confirm_s` has
+passed, the person came down: a fall as it happens, alerted then. Leaving a bed zone onto the
+floor counts the same. Anything else, a box that was already low (a person first seen down,
+crawling) or a `fall` called on a person whose box did not come down (someone walking seen from
+behind), is confirmed only after `slow_confirm_s` down: lying there for long may still need a
+carer, a one-second false call does not.
 """
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Literal
 
 from service.timeline import TrackStatus
@@ -113,8 +115,9 @@ class _TrackState:
     next_still_s: float = float("inf")
     # (frame, pts_s, at) of the current fall's latest event: a clear is never placed before it
     last_event: tuple[int, float, float] | None = None
-    last_upright_s: float | None = None  # the latest frame whose smoothed posture was upright
-    seen_other: bool = False  # the track held a posture other than `fall` before (any at all)
+    left_bed_s: float | None = None  # the latest frame the track was in a bed zone
+    # (pts_s, top, height) of the track's recent detected boxes: where the body came down from
+    boxes: deque = field(default_factory=lambda: deque(maxlen=256))
 
 
 class FallRules:
@@ -124,7 +127,7 @@ class FallRules:
     def __init__(self, source: str, *, confirm_s: float = 1.0, cooldown_s: float = 10.0,
                  still_down_s: float = 60.0, still_down_every_s: float = 60.0,
                  descent_s: float | None = None, slow_confirm_s: float | None = None,
-                 upright_actions: tuple[str, ...] = ("stand",)) -> None:
+                 min_drop: float = 0.25, min_upright_aspect: float = 0.0) -> None:
         """`descent_s` None: every fall is confirmed after `confirm_s` (no descent rule)."""
         if still_down_every_s <= 0:
             raise ValueError("still_down_every_s must be positive")
@@ -132,7 +135,8 @@ class FallRules:
         self.confirm_s = confirm_s
         self.descent_s = descent_s
         self.slow_confirm_s = max(slow_confirm_s if slow_confirm_s is not None else confirm_s, confirm_s)
-        self.upright_actions = tuple(upright_actions)
+        self.min_drop = min_drop
+        self.min_upright_aspect = min_upright_aspect
         self.cooldown_s = cooldown_s
         self.still_down_s = still_down_s
         self.still_down_every_s = still_down_every_s
@@ -146,10 +150,14 @@ class FallRules:
         """Compare the track's previous fall state with `status` and say what changed."""
         st = self._tracks.setdefault(status.track_id, _TrackState())
         events: list[Event] = []
-        if status.action in self.upright_actions or status.action == IN_BED:
-            st.last_upright_s = status.pts_s  # out of bed onto the floor is a fall as it happens
-        if status.action is not None and status.action != "fall" and st.fall is None:
-            st.seen_other = True
+        if status.action == IN_BED:
+            st.left_bed_s = status.pts_s  # out of bed onto the floor is a fall as it happens
+        if status.observed:
+            x1, y1, x2, y2 = status.box
+            st.boxes.append((status.pts_s, float(y1), float(y2 - y1), float(x2 - x1)))
+            horizon = status.pts_s - (self.descent_s or 0.0) - max(self.slow_confirm_s, self.confirm_s) - 1.0
+            while st.boxes and st.boxes[0][0] < horizon:
+                st.boxes.popleft()
         if status.action != "fall":
             if st.fall is not None:  # recovered: the segment after the fall started then
                 events += self._finish(st, status.start_frame, status.start_pts_s, status.start_at,
@@ -167,7 +175,7 @@ class FallRules:
         if fall.alert_id is None:
             # Only on a detected frame: a coasting track's box is a prediction (stale on the
             # snapshot), and the person may not be there at all.
-            confirmed = status.observed and status.pts_s - fall.onset_s >= self._confirm_after(st, fall)
+            confirmed = status.observed and status.pts_s - fall.onset_s >= self._confirm_after(st, fall, status)
             cooled = st.last_alert_s is None or status.pts_s - st.last_alert_s >= self.cooldown_s
             if confirmed and cooled:
                 event = self._event("fall_alert", status, fall, status.frame, status.pts_s, status.at,
@@ -186,14 +194,21 @@ class FallRules:
                 st.next_still_s += self.still_down_every_s
         return events
 
-    def _confirm_after(self, st: _TrackState, fall: FallRecord) -> float:
-        """Seconds down before an alert: short after a descent from upright, or for a person first
-        seen down (no evidence of a slow transition; also a track the tracker restarted after a fall);
-        long after a slow transition (sitting, then lying down)."""
-        if self.descent_s is None or not st.seen_other:
+    def _confirm_after(self, st: _TrackState, fall: FallRecord, status: TrackStatus) -> float:
+        """Seconds down before an alert: `confirm_s` if the body was seen coming down (or out of a
+        bed), `slow_confirm_s` otherwise (module docstring)."""
+        if self.descent_s is None:
             return self.confirm_s
-        came_down = st.last_upright_s is not None and fall.onset_s - st.last_upright_s <= self.descent_s
-        return self.confirm_s if came_down else self.slow_confirm_s
+        if st.left_bed_s is not None and fall.onset_s - st.left_bed_s <= self.descent_s:
+            return self.confirm_s
+        before = [b for b in st.boxes if fall.onset_s - self.descent_s <= b[0] <= fall.onset_s]
+        if before:
+            _, top, height, width = min(before, key=lambda b: b[1])
+            drop = (float(status.box[1]) - top) / max(height, 1e-6)
+            upright = height >= self.min_upright_aspect * width  # came down from a tall box, not from sitting low
+            if drop >= self.min_drop and upright:
+                return self.confirm_s
+        return self.slow_confirm_s
 
     def end_track(self, status: TrackStatus, reason: Literal["track_lost", "source_ended"]
                   ) -> list[Event]:

@@ -28,17 +28,21 @@ class PipelineSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    confirm_s: float = Field(1.0, ge=0, description=(
+    confirm_s: float = Field(1.5, ge=0, description=(
         "Seconds a smoothed fall segment must last before `fall_alert` is raised, when the person "
         "came down from upright within `descent_s`."))
     descent_s: float | None = Field(2.0, ge=0, description=(
-        "A fall whose onset is within this many seconds of the track's last upright posture "
-        "(`upright_actions`) is confirmed after `confirm_s`; any other (lying down from sitting, "
-        "crawling, first seen down) after `slow_confirm_s`. Empty: every fall after `confirm_s`."))
+        "Seconds before a fall's onset in which the body must be seen coming down (its box's top "
+        "dropping by `min_drop`) for the alert to come after `confirm_s`; otherwise (first seen "
+        "down, a box that did not come down) after `slow_confirm_s`. Empty: always `confirm_s`."))
+    min_drop: float = Field(0.25, ge=0, description=(
+        "How far the box's top must have dropped, as a share of the highest box's height in the "
+        "`descent_s` before the onset, for a fall to count as seen coming down."))
+    min_upright_aspect: float = Field(1.6, ge=0, description=(
+        "The box the body came down from must be at least this many times as tall as wide (a "
+        "standing or kneeling body, not someone sitting on the floor); 0: any box."))
     slow_confirm_s: float = Field(15.0, ge=0, description=(
-        "Seconds down before `fall_alert` for a fall that did not come from upright (`descent_s`)."))
-    upright_actions: tuple[str, ...] = Field(("stand",), description=(
-        "Postures that count as upright for `descent_s`."))
+        "Seconds down before `fall_alert` for a fall not seen coming down (`descent_s`)."))
     track_low_score: float = Field(0.1, ge=0, le=1, description=(
         "Least detection score given to the tracker at all (ByteTrack's low stage): boxes between "
         "this and the reporting threshold keep tracks alive and feed their posture, and are not "
@@ -137,7 +141,7 @@ class SourcePipeline:
         self._rules = FallRules(source, confirm_s=s.confirm_s, cooldown_s=s.cooldown_s,
                                 still_down_s=s.still_down_s, still_down_every_s=s.still_down_every_s,
                                 descent_s=s.descent_s, slow_confirm_s=s.slow_confirm_s,
-                                upright_actions=s.upright_actions)
+                                min_drop=s.min_drop, min_upright_aspect=s.min_upright_aspect)
         self._posture = PostureSmoother(ACTIONS, tau_s=s.posture_tau_s, fall_margin=s.fall_margin)
         self._zones: list[Zone] = list(zones or [])
         self._beds = BedTracker(hold_s=s.smooth_window_s)  # in-bed state per track (zones.py)

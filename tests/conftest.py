@@ -199,12 +199,18 @@ def load_script(relative: str):
     return module
 
 
+PLUMBING_PIPELINE = {"confirm_s": 1.0, "descent_s": None}
+
+
 def make_settings(tmp_path: Path, **overrides):
     """Settings for a test app: its own state folder, the known key, nothing read from the repo's state."""
     from service.settings import Settings
 
-    # every frame analysed unless a test sets detect_fps (the service's default is 5 a second)
-    values = {"state_dir": tmp_path / "state", "api_keys": [API_KEY], "max_wait_ms": 2.0, "detect_fps": None} | overrides
+    # every frame analysed unless a test sets detect_fps (the service's default is 5 a second), and
+    # every fall confirmed after 1 s: these tests are about the plumbing (the tiny model's box is
+    # `fall` from the first frame; the fall rules' own timing is tested in test_events/test_posture)
+    values = {"state_dir": tmp_path / "state", "api_keys": [API_KEY], "max_wait_ms": 2.0, "detect_fps": None,
+              "pipeline": PLUMBING_PIPELINE} | overrides
     return Settings(**values)
 
 

@@ -30,7 +30,9 @@ def check_lines(lines: list[dict], decoded: int, source: str) -> list[dict]:
 
 def test_analyze_prints_one_line_per_frame_and_a_summary(tiny_model, fall_clips, tmp_path):
     clip = fall_clips[0].path
-    done = run_cli("analyze", str(clip), "--model", str(tiny_model), env={"FALLDET_STATE_DIR": str(tmp_path)})
+    # the tiny model's box is `fall` from the first frame: first seen down, confirmed after slow_confirm_s
+    done = run_cli("analyze", str(clip), "--model", str(tiny_model),
+                   env={"FALLDET_STATE_DIR": str(tmp_path), "FALLDET_PIPELINE__SLOW_CONFIRM_S": "1"})
     assert done.returncode == 0, done.stderr
     lines = parse(done.stdout)
     check_lines(lines, count_frames(clip), clip.stem)
@@ -67,6 +69,7 @@ def test_analyze_with_the_shipped_model(model_path, short_clip, tmp_path):
 
     done = run_cli("analyze", str(short_clip), "--quiet",
                    env={"FALLDET_STATE_DIR": str(tmp_path), "FALLDET_SCORE_THRESHOLD": "0.001",
+                        "FALLDET_INT8": "off",  # the FP32 file, as the Runtime below
                         "FALLDET_MAX_BATCH": "1", "FALLDET_PROVIDERS": "CPUExecutionProvider"})
     assert done.returncode == 0, done.stderr
     frames = check_lines(parse(done.stdout), count_frames(short_clip), Path(short_clip).stem)

@@ -290,7 +290,8 @@ def test_analyze_cli_with_clips_writes_them_into_the_folder(tiny_model, fall_cli
     out = subprocess.run([sys.executable, "-m", "service", "analyze", str(video), "--model", str(tiny_model),
                           "--quiet", "--clips", str(tmp_path / "clips")],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "FALLDET_STATE_DIR": str(tmp_path / "state")})
+                         env={**os.environ, "FALLDET_STATE_DIR": str(tmp_path / "state"),
+                              "FALLDET_PIPELINE__SLOW_CONFIRM_S": "1"})  # the tiny model: down from frame 0
     assert out.returncode == 0, out.stderr
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     (clip,) = [m for m in lines if m["type"] == "clip"]

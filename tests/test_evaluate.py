@@ -29,7 +29,7 @@ def frame_lines(pattern: str, fps: float = FPS) -> list[dict]:
 
 
 def analysed(pattern: str) -> Analysis:
-    return replay(Analysis(frames=frame_lines(pattern)), PipelineSettings())
+    return replay(Analysis(frames=frame_lines(pattern)), PipelineSettings(confirm_s=1.0))
 
 
 FALL_CLIP = ClipAnnotation("fall/1.mp4", "Fall", FPS,
@@ -88,7 +88,7 @@ def test_adl_clip_counts_false_fall_segments_and_ignores_flicker():
     assert flicker["false_fall_segments"] == 0 and flicker["false_alerts"] == 0
     score = score_clip(ADL_CLIP, analysed("T" * 30 + "F" * 40 + "T" * 20))  # down from standing: alerted
     assert score["false_fall_segments"] == 1 and score["false_alerts"] == 1 and score["alert_raised"]
-    slow = score_clip(ADL_CLIP, analysed("S" * 30 + "F" * 40 + "T" * 20))  # lay down from sitting: a segment only
+    slow = score_clip(ADL_CLIP, analysed("F" * 40 + "T" * 20))  # first seen down, up within slow_confirm_s
     assert slow["false_fall_segments"] == 1 and slow["false_alerts"] == 0
 
 

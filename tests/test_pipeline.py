@@ -47,7 +47,7 @@ def kinds(events) -> list[str]:
 
 
 def test_fall_and_recovery_make_an_alert_with_snapshot_a_clear_and_a_summary():
-    feed = Feed(SourcePipeline("cam", PipelineSettings(), live=False))
+    feed = Feed(SourcePipeline("cam", PipelineSettings(confirm_s=1.0), live=False))
     feed.run(3.0, "stand")
     feed.run(4.0, "fall")
     feed.run(3.0, "stand")

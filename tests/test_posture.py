@@ -56,7 +56,7 @@ def test_a_drop_to_the_floor_at_score_0_2_is_a_fall_seen_by_the_tracker_not_by_c
     feed.run(4.0, lambda: person("fall", 0.2, ("stand", 0.12)))  # under the reporting threshold throughout
     assert feed.finish() == ["fall_alert", "fall_cleared"]
     alert = feed.events[0]
-    assert 3.0 <= alert.started_pts_s <= 3.3 and alert.pts_s == pytest.approx(alert.started_pts_s + 1.0, abs=0.15)
+    assert 3.0 <= alert.started_pts_s <= 3.3 and alert.pts_s == pytest.approx(alert.started_pts_s + 1.5, abs=0.15)
     assert alert.box == DOWN and alert.track_id is not None
     on_floor = feed.results[50].to_json()
     assert on_floor["persons"] == []  # clients are told about reported boxes only
@@ -145,8 +145,11 @@ def test_a_weak_box_beside_a_person_seen_well_starts_no_ghost_track() -> None:
     assert {p.track_id for r in feed.results for p in r.persons + r.weak} <= {0, None}
 
 
-def test_a_person_first_seen_down_is_alerted_after_confirm_s() -> None:
-    feed = Feed(slow_confirm_s=15.0)  # nothing says they lay down on purpose (or the track restarted)
+def test_a_person_first_seen_down_is_alerted_after_slow_confirm_s() -> None:
+    feed = Feed(slow_confirm_s=5.0)  # the body was never seen coming down (crawling, already lying there)
     feed.run(4.0, lambda: person("fall", 0.6))
+    assert feed.finish() == []
+    feed = Feed(slow_confirm_s=5.0)
+    feed.run(7.0, lambda: person("fall", 0.6))
     assert feed.finish() == ["fall_alert", "fall_cleared"]
-    assert feed.events[0].pts_s - feed.events[0].started_pts_s == pytest.approx(1.0, abs=0.15)
+    assert feed.events[0].pts_s - feed.events[0].started_pts_s == pytest.approx(5.0, abs=0.15)

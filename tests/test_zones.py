@@ -152,7 +152,7 @@ def test_lying_in_bed_raises_no_alert_and_the_timeline_says_in_bed():
 
 
 def test_out_of_bed_and_down_on_the_floor_alerts_counted_from_leaving_the_bed():
-    feed = Feed([BED])
+    feed = Feed([BED], confirm_s=1.0)
     feed.run(20.0, (IN_BED_BOX, "fall"))
     assert feed.kinds() == []
     start = feed.i
