@@ -37,33 +37,6 @@ def model_path() -> Path:
     return path
 
 
-# The clip-level acceptance checks (an alert in every fall clip, boxes drawn on the operator page from
-# the real model) only say something about the code when the detector can see people. The shipped
-# model's val mAP50 is in its metadata (measured at export); below this bound those checks skip with
-# the number, and models/README.md says why. Every other test of the model path still runs.
-CAPABLE_MODEL_MAP50 = 0.5
-
-
-def shipped_model_map50(path: Path) -> float | None:
-    import json
-
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    try:
-        return float(json.loads(meta.get("metrics", "{}"))["mAP50"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-@pytest.fixture(scope="session")
-def capable_model_path(model_path: Path) -> Path:
-    """The shipped detector, when it is accurate enough for clip-level acceptance checks."""
-    m = shipped_model_map50(model_path)
-    if m is None or m < CAPABLE_MODEL_MAP50:
-        pytest.skip(f"shipped model val mAP50 {m} < {CAPABLE_MODEL_MAP50}: too weak for clip acceptance "
-                    "(CPU-only training, see models/README.md)")
-    return model_path
 
 
 @dataclass(frozen=True)

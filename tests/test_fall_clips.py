@@ -57,7 +57,7 @@ def test_every_frame_of_every_clip_is_analysed(results):
 
 
 @pytest.mark.slow
-def test_a_fall_alert_in_each_fall_clip_after_the_fall_starts(results, capable_model_path):
+def test_a_fall_alert_in_each_fall_clip_after_the_fall_starts(results, model_path):
     falls = [r for r in results if r["clip"].label == "Fall"]
     assert len(falls) == 3
     missed = [r["clip"].name for r in falls if not r["alerts"]]
@@ -68,7 +68,7 @@ def test_a_fall_alert_in_each_fall_clip_after_the_fall_starts(results, capable_m
 
 
 @pytest.mark.slow
-def test_no_fall_alert_in_daily_activity_clips(results, capable_model_path):
+def test_no_fall_alert_in_daily_activity_clips(results, model_path):
     adl = [r for r in results if r["clip"].label == "ADL"]
     assert len(adl) == 2
     for r in adl:

@@ -551,7 +551,7 @@ def rtsp_camera(clip: Path) -> Iterator[str]:
 def service_model(request: pytest.FixtureRequest) -> Path:
     """`tiny`: conftest's contract model that sees a fallen and a standing person in every frame, so
     a fall alert is certain and quick; `shipped`: the trained detector (the issue's acceptance)."""
-    return request.getfixturevalue("tiny_model" if request.param == "tiny" else "capable_model_path")
+    return request.getfixturevalue("tiny_model" if request.param == "tiny" else "model_path")
 
 
 @pytest.mark.slow

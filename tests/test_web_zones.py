@@ -35,8 +35,10 @@ def test_draw_zones_save_reload_delete_and_play_a_clip(tiny_model: Path, tmp_pat
     from service.clips import ClipSettings
     from service.settings import Settings
 
+    from conftest import PLUMBING_PIPELINE  # the tiny model is `fall` from the first frame: alert after 1 s
+
     settings = Settings(model=tiny_model, state_dir=tmp_path / "state", api_keys=[KEY], max_wait_ms=2.0,
-                        clips=ClipSettings(pre_s=1.0, post_s=2.0, fps=10.0))
+                        clips=ClipSettings(pre_s=1.0, post_s=2.0, fps=10.0), pipeline=PLUMBING_PIPELINE)
     headers = {"X-API-Key": KEY}
     shots = Path(os.environ.get("FALLDET_WEB_ZONES_SHOTS", tmp_path))
     with rtsp_camera(FALL_CLIP) as url, serve(create_app(settings)) as base, browser_page() as page:
