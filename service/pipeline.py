@@ -29,8 +29,8 @@ class PipelineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     confirm_s: float = Field(1.5, ge=0, description=(
-        "Seconds a smoothed fall segment must last before `fall_alert` is raised, when the person "
-        "came down from upright within `descent_s`."))
+        "Seconds a smoothed fall segment must last before `fall_alert` is raised, when the body "
+        "was seen coming down (`descent_s`, `min_drop`, `min_upright_aspect`)."))
     descent_s: float | None = Field(2.0, ge=0, description=(
         "Seconds before a fall's onset in which the body must be seen coming down (its box's top "
         "dropping by `min_drop`) for the alert to come after `confirm_s`; otherwise (first seen "

@@ -2,7 +2,6 @@
 else, its mosaics stay within it, and its rare-posture boost and train-only sources load."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,19 +11,7 @@ from training.data.sources import load_data_config
 from training.loss import DetectionLoss, set_bce
 from training.model import build_model
 from training.presets import make_config
-
-
-def _source(root, name, label_names, images, val=True) -> None:
-    (root / name).mkdir(parents=True)
-    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(label_names))
-    (root / name / "data.yaml").write_text(f"path: .\ntrain: train/images\n{'val: val/images' if val else ''}\n"
-                                           f"names:\n{names}\n")
-    for split in ("train", "val") if val else ("train",):
-        (root / name / split / "images").mkdir(parents=True)
-        (root / name / split / "labels").mkdir(parents=True)
-        for stem, lines in images.items():
-            cv2.imwrite(str(root / name / split / "images" / f"{stem}.jpg"), np.full((64, 64, 3), 90, np.uint8))
-            (root / name / split / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+from test_training_sources import _source
 
 
 @pytest.fixture

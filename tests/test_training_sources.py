@@ -24,12 +24,14 @@ DATA = Path(os.environ.get("FALLDET_DATA", REPO.parent / "shared" / "data"))
 ALL_SOURCES = REPO / "training" / "configs" / "all-sources.yaml"
 
 
-def _source(root: Path, name: str, label_names: list[str], images: dict[str, list[str]]) -> None:
-    """A tiny YOLO source: data.yaml and, per split, grey images with the given label lines."""
+def _source(root: Path, name: str, label_names: list[str], images: dict[str, list[str]], val: bool = True) -> None:
+    """A tiny YOLO source: data.yaml and, per split, grey images with the given label lines (`val`
+    False: a train-only source, its data.yaml names no val split)."""
     (root / name).mkdir(parents=True)
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(label_names))
-    (root / name / "data.yaml").write_text(f"path: .\ntrain: train/images\nval: val/images\nnames:\n{names}\n")
-    for split in ("train", "val"):
+    (root / name / "data.yaml").write_text(f"path: .\ntrain: train/images\n{'val: val/images' if val else ''}\n"
+                                           f"names:\n{names}\n")
+    for split in ("train", "val") if val else ("train",):
         (root / name / split / "images").mkdir(parents=True)
         (root / name / split / "labels").mkdir(parents=True)
         for stem, lines in images.items():
