@@ -81,3 +81,16 @@ def test_cli_refuses_a_folder_without_results_or_validation(tmp_path, capsys) ->
     write_run(tmp_path / "early", [row(1)])
     assert training_cli(["compare", str(tmp_path / "early")]) == 2
     assert "no validated epoch yet" in capsys.readouterr().err
+
+
+def test_runs_validated_once_still_draw_their_training_loss_per_epoch(tmp_path) -> None:
+    """The ablation's short rows are validated after the last epoch only: the loss row gives curves."""
+    from training.compare import panel_layout, read_results
+    run = write_run(tmp_path / "short", [row(1), row(2), row(3, 0.20, 0.08)])
+    panels = panel_layout({"short": read_results(run)})
+    loss_panels = [(key, val_only) for r, _, key, _, val_only in panels if r == 0]
+    assert loss_panels == [("box", False), ("cls", False), ("dfl", False)]
+    assert [(r, key) for r, _, key, _, _ in panels if r == 1] == [(1, "mAP50"), (1, "mAP50_95")]
+    png = tmp_path / "short.png"
+    compare([run], png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 CURVE_KEYS = ("mAP50", "mAP50_95")
 SOURCE_CURVES = ("fall_AP50", "person_AP50", "fall_F1")  # per val source, for multi-source runs
+TRAIN_LOSS_KEYS = ("box", "cls", "dfl")  # every epoch has them (box differs between CIoU and Inner-CIoU rows)
 
 
 @dataclass(frozen=True)
@@ -78,30 +79,44 @@ def markdown_table(summaries: list[RunSummary]) -> str:
     return "\n".join(lines)
 
 
+def panel_layout(runs: dict[str, list[dict[str, float]]]) -> list[tuple[int, int, str, str, bool]]:
+    """(row, column, results.csv key, title, validated epochs only) of every panel of the plot."""
+    sources = list(dict.fromkeys(s for rows in runs.values() for s in sources_of(rows)))
+    losses = [k for k in TRAIN_LOSS_KEYS if any(k in r for rows in runs.values() for r in rows)]
+    top = 1 if losses else 0
+    panels = [(0, j, key, f"train {key} loss", False) for j, key in enumerate(losses)]
+    panels += [(top, j, key, f"val {key.replace('_', '-')}", True) for j, key in enumerate(CURVE_KEYS)]
+    panels += [(top + 1 + i, j, f"{src}/{key}", f"{src}: {key.replace('_', ' ')}", True)
+               for i, src in enumerate(sources) for j, key in enumerate(SOURCE_CURVES)]
+    return panels
+
+
 def plot_runs(runs: dict[str, list[dict[str, float]]], path: str | Path) -> None:
-    """Pooled val metrics in the first row, one line per run; multi-source runs add a row per val source
-    (fall AP50, person AP50, fall F1 at the operating point)."""
+    """Training loss per epoch in the first row (every epoch has it, so short runs validated once
+    still draw curves), pooled val metrics in the next, one line per run; multi-source runs add a row
+    per val source (fall AP50, person AP50, fall F1 at the operating point)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sources = list(dict.fromkeys(s for rows in runs.values() for s in sources_of(rows)))
-    ncols = max(len(CURVE_KEYS), len(SOURCE_CURVES) if sources else 0)
-    fig, axes = plt.subplots(1 + len(sources), ncols, figsize=(4.2 * ncols, 3.4 * (1 + len(sources))), squeeze=False)
-    panels = [(0, j, key, f"val {key.replace('_', '-')}") for j, key in enumerate(CURVE_KEYS)]
-    panels += [(1 + i, j, f"{src}/{key}", f"{src}: {key.replace('_', ' ')}")
-               for i, src in enumerate(sources) for j, key in enumerate(SOURCE_CURVES)]
-    for row, col, key, title in panels:
+    panels = panel_layout(runs)
+    nrows = 1 + max(p[0] for p in panels)
+    ncols = 1 + max(p[1] for p in panels)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for row, col, key, title, val_only in panels:
         ax = axes[row][col]
         for name, rows in runs.items():
-            pts = [(r["epoch"], r[key]) for r in validated(rows) if key in r]
+            pts = [(r["epoch"], r[key]) for r in (validated(rows) if val_only else rows) if key in r]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for j in range(len(CURVE_KEYS), ncols):
-        axes[0][j].axis("off")
+        ax.legend(fontsize=7)
+    used = {(r, c) for r, c, *_ in panels}
+    for r in range(nrows):
+        for c in range(ncols):
+            if (r, c) not in used:
+                axes[r][c].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
