@@ -71,12 +71,24 @@ def create_app(settings: Settings, runtime: Runtime | None = None, worker: Infer
 
         streams = StreamManager(settings, worker, bus, pipeline_factory, clips=clips)
 
+    tags_follow_results = hasattr(worker, "add_runtime_listener")
+
     def model_changed(current) -> None:
         app.state.runtime = current.runtime
-        store.model_tag = current.tag()
+        if not tags_follow_results:
+            store.model_tag = current.tag()
+
+    def results_from(runtime_now) -> None:
+        """Alerts name the model whose results raised them: the tag changes when the worker hands out
+        the swapped-in model's first results, not when the swap was asked for."""
+        for loaded in (models.current, models.previous):
+            if loaded is not None and loaded.runtime is runtime_now:
+                store.model_tag = loaded.tag()
 
     models = ModelManager(settings, worker, runtime, on_change=model_changed)
     store.model_tag = models.current.tag()
+    if tags_follow_results:
+        worker.add_runtime_listener(results_from)
     watcher = ModelWatcher(models, settings.model_watch_dir, settings.model_watch_interval_s) \
         if settings.model_watch_dir is not None else None
 

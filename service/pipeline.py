@@ -11,7 +11,7 @@ from collections import Counter
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.events import Event, FallRules
 from dataclasses import replace
@@ -91,6 +91,12 @@ class PipelineSettings(BaseModel):
         "motion model); 1 disables it in practice."))
     snapshot_quality: int = Field(85, ge=10, le=100, description="JPEG quality of alert snapshots.")
 
+    @field_validator("descent_s", "track_activation_score", "track_high_score", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """An empty value (`FALLDET_PIPELINE__DESCENT_S=`) is None, as the descriptions say."""
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 def snapshot_jpeg(image: np.ndarray, box: tuple[float, float, float, float], label: str,
                   quality: int = 85) -> bytes:
@@ -125,10 +131,8 @@ class SourcePipeline:
         self.settings = settings
         self.live = live
         s = settings
-        fallback = detection_threshold if detection_threshold is not None else 0.5
-        self._track_scores = {  # what the tracker really uses (the summary reports these, not None)
-            "track_activation_score": fallback if s.track_activation_score is None else s.track_activation_score,
-            "track_high_score": fallback if s.track_high_score is None else s.track_high_score}
+        self.detection_threshold = detection_threshold if detection_threshold is not None else 0.5
+        self._track_scores = self._scores_for(self.detection_threshold)  # what the tracker really uses
         self._tracker = PersonTracker(
             activation_score=self._track_scores["track_activation_score"],
             high_score=self._track_scores["track_high_score"],
@@ -209,6 +213,28 @@ class SourcePipeline:
             return p
         posture = postures[p.track_id]
         return replace(p, posture=posture, down=posture == "fall" and p.track_id not in in_bed)
+
+    def _scores_for(self, threshold: float) -> dict[str, float]:
+        """The tracker's scores for a detector threshold: the settings' own where set, else it
+        (the summary reports these, not None)."""
+        s = self.settings
+        return {"track_activation_score": threshold if s.track_activation_score is None else s.track_activation_score,
+                "track_high_score": threshold if s.track_high_score is None else s.track_high_score}
+
+    def set_detection_threshold(self, threshold: float) -> bool:
+        """Follow a new detector threshold (a model swapped in with another operating point) from
+        the next frame on: the tracker's activation and high scores that the settings leave to the
+        detector move with it; tracks, timeline and fall rules are kept. True if anything changed."""
+        threshold = float(threshold)
+        with self._lock:
+            if threshold == self.detection_threshold:
+                return False
+            self.detection_threshold = threshold
+            scores = self._scores_for(threshold)
+            if scores != self._track_scores:
+                self._track_scores = scores
+                self._tracker.set_scores(scores["track_activation_score"], scores["track_high_score"])
+            return True
 
     def set_zones(self, zones: list[Zone]) -> None:
         """Replace the source's zones; the next frame uses them (no reconnect, tracks kept)."""

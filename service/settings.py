@@ -126,6 +126,12 @@ class Settings(BaseSettings):
 
     _split = field_validator("providers", "api_keys", "admin_keys", mode="before")(_split_commas)
 
+    @field_validator("detect_fps", "score_threshold", "model_watch_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """An empty value (`FALLDET_DETECT_FPS=`) is None ("every frame", "the model's", "no watch"), as documented."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _fill_state_paths(self) -> "Settings":
         """Paths left unset live under the state folder; the shard must exist."""

@@ -8,6 +8,11 @@ a frame older than the last one stepped is skipped (counted as dropped). A per-c
 is held from the step until its events are published, and by close() around finish(), so a camera's
 final events (a `fall_cleared` on removal) are always stored after the alert they clear.
 
+After a model swap the inference worker calls `StreamManager.model_changed` between the old model's
+last results and the new one's first (`InferenceWorker.add_runtime_listener`): every running camera's
+pipeline then follows the new file's score threshold (its operating point) without a reconnect or
+losing its tracks; cameras added later get it from the pipeline factory.
+
 The list of cameras lives in `settings.streams_file` (JSON list of `{"id", "url"}`), restored at
 start and rewritten on add/remove, so a restarted service resumes its cameras. With Kubernetes
 sharding (`shard_index` of `shard_count`, one StatefulSet pod each) a pod runs only the ids whose
@@ -278,6 +283,7 @@ class Stream:
                 "width": reader["width"], "height": reader["height"],
                 "reconnects": reader["reconnects"], "retry_in_s": reader["retry_in_s"],
                 "offline_alert": self.health.offline,
+                "detection_threshold": getattr(self.pipeline, "detection_threshold", None),
                 "zones": zones_json(self.zones),
                 "clip_buffer": self.clips.status() if self.clips is not None else None}
 
@@ -355,6 +361,9 @@ class StreamManager:
         self._started = False
         self._health_stop = threading.Event()
         self._health_thread: threading.Thread | None = None
+        listen = getattr(worker, "add_runtime_listener", None)
+        if listen is not None:
+            listen(self.model_changed)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -499,6 +508,24 @@ class StreamManager:
         """A camera's latest processed frame (as decoded, nothing drawn), or None."""
         stream = self._streams.get(stream_id)
         return getattr(stream, "_last_frame", None) if stream is not None else None
+
+    def model_changed(self, runtime: Any) -> None:
+        """The worker answers from another model now (a swap, a rollback, the watched folder): every
+        running camera follows its score threshold from its next frame on (no reconnect, tracks kept)."""
+        threshold = getattr(runtime, "score_threshold", None)
+        if threshold is None:
+            return
+        changed = []
+        for stream in list(self._streams.values()):
+            setter = getattr(stream.pipeline, "set_detection_threshold", None)
+            try:
+                if setter is not None and setter(threshold):
+                    changed.append(stream.id)
+            except Exception:
+                log.exception("camera %s: applying the new model's threshold failed", stream.id)
+        if changed:
+            log.info("model changed: %d camera(s) now track at score threshold %.4g (%s)", len(changed),
+                     threshold, ", ".join(changed))
 
     def owns(self, stream_id: str) -> bool:
         return shard_of(stream_id, self.shard_count) == self.shard_index

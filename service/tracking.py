@@ -94,6 +94,18 @@ class PersonTracker:
         self._alias: dict[int, int] = {}  # library id -> public id (differs after a relink)
         self._last_box: dict[int, np.ndarray] = {}  # public id -> its latest detected box
 
+    @property
+    def scores(self) -> tuple[float, float]:
+        """(activation_score, high_score) in use."""
+        return (float(self._tracker.track_activation_threshold), float(self._tracker.high_conf_det_threshold))
+
+    def set_scores(self, activation_score: float, high_score: float) -> None:
+        """Change the score thresholds from the next `update` on (a model swapped in with another
+        operating point): the tracks, their ids and their motion state are kept."""
+        self._tracker.track_activation_threshold = float(activation_score)
+        self._tracker.high_conf_det_threshold = float(high_score)
+        self._confident = max(float(high_score), float(activation_score))
+
     def _public_ids(self) -> dict[int, int]:
         """Library ids of the confirmed tracklets the library holds -> their public ids."""
         return {int(t.tracker_id): self._alias.get(int(t.tracker_id), int(t.tracker_id))

@@ -13,6 +13,12 @@ consumer pushes back on the worker and live frames are dropped rather than pilin
 
 When a batch call raises, its frames are run again one by one, so a frame the model cannot take
 (one client's odd image) fails only its own future, not the camera and video frames batched with it.
+
+A model swap (`swap_runtime`) takes effect at the next batch. The completion thread tells the
+runtime listeners (`add_runtime_listener`) about it before it hands out the first results of the new
+runtime, so whatever follows the model's settings (the cameras' tracker thresholds, from the file's
+operating point) changes exactly between the last frame inferred by the old model and the first one
+inferred by the new model.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 from prometheus_client import Counter, Histogram
@@ -70,7 +76,9 @@ class InferenceWorker:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._done_thread: threading.Thread | None = None
-        self._done: queue.Queue[tuple[list[Item], list[Outcome]] | None] = queue.Queue(2)
+        self._done: queue.Queue[tuple[list[Item], list[Outcome], Detector] | None] = queue.Queue(2)
+        self._listeners: list[Callable[[Detector], None]] = []
+        self._answering: Detector = runtime  # whose results the completion thread hands out now
         self.batches = 0  # inference calls made (for tests and benchmarks)
         self.frames = 0  # frames inferred
 
@@ -141,6 +149,11 @@ class InferenceWorker:
         with self._cv:
             old, self.runtime = self.runtime, runtime
         return old
+
+    def add_runtime_listener(self, listener: Callable[[Detector], None]) -> None:
+        """Call `listener(runtime)` on the completion thread when the results it is about to hand out
+        come from another runtime than the ones before (after a swap), before any of them."""
+        self._listeners.append(listener)
 
     def dropped(self, source: str) -> int:
         """Live frames of `source` replaced before inference, so far."""
@@ -242,12 +255,13 @@ class InferenceWorker:
                 return
             if not batch:
                 continue
-            self._done.put((batch, self._infer(batch)))
+            runtime = self.runtime  # read once per batch: a swap takes effect at the next batch, never mid-call
+            self._done.put((batch, self._infer(batch, runtime), runtime))
 
-    def _infer(self, batch: list[Item]) -> list[Outcome]:
+    def _infer(self, batch: list[Item], runtime: Detector) -> list[Outcome]:
         """Each frame's outcome; a failed batch is retried frame by frame so only bad frames fail."""
         try:
-            return list(self._run(batch))
+            return list(self._run(batch, runtime))
         except Exception as exc:  # a bad frame or a runtime fault must not kill the worker
             if len(batch) == 1:
                 self._log_failure(batch[0][0], exc)
@@ -257,16 +271,15 @@ class InferenceWorker:
         outcomes: list[Outcome] = []
         for item in batch:
             try:
-                outcomes.extend(self._run([item]))
+                outcomes.extend(self._run([item], runtime))
             except Exception as exc:
                 self._log_failure(item[0], exc)
                 outcomes.append(exc)
         return outcomes
 
-    def _run(self, batch: list[Item]) -> list[list[Person]]:
+    def _run(self, batch: list[Item], runtime: Detector) -> list[list[Person]]:
         """One runtime call over `batch`, with its metrics; raises what the runtime raised."""
         start = time.perf_counter()
-        runtime = self.runtime  # read once: a swap takes effect at the next batch, never mid-call
         result = runtime.detect([f.image for f, _ in batch])
         if len(result) != len(batch):
             raise RuntimeError(f"runtime returned {len(result)} results for {len(batch)} frames")
@@ -284,7 +297,14 @@ class InferenceWorker:
     def _complete_loop(self) -> None:
         """Resolve futures off the inference thread; their callbacks run here."""
         while (job := self._done.get()) is not None:
-            batch, outcomes = job
+            batch, outcomes, runtime = job
+            if runtime is not self._answering:  # the first results of a swapped-in model
+                self._answering = runtime
+                for listener in list(self._listeners):
+                    try:
+                        listener(runtime)
+                    except Exception:
+                        log.exception("a runtime listener failed after a model swap")
             for (_, fut), outcome in zip(batch, outcomes):
                 try:
                     if isinstance(outcome, BaseException):

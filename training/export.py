@@ -65,14 +65,16 @@ class ExportWrapper(nn.Module):
 
 def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: int = 300, score_threshold: float = 0.001,
                 iou_threshold: float = 0.7, metrics_json: str | None = None, opset: int = 17,
-                calibrate_data: str | Path | None = None, calibrate: bool = False) -> Path:
+                calibrate_data: str | Path | None = None, calibrate: bool = False, calibrate_limit: int = 0) -> Path:
     """Write the ONNX file; with `calibrate` also its operating point on the val split of `calibrate_data`
-    (a data config; default: the one the checkpoint trained on)."""
+    (a data config; default: the one the checkpoint trained on), its first `calibrate_limit` images
+    per source when set (a fine-tune's budget cannot afford every val image)."""
     model, ck = load_checkpoint_model(weights, "cpu")
     tc = ck["train_config"]
     imgsz = imgsz or tc["imgsz"]
     calibrate_data = calibrate_data or (tc.get("data") if calibrate else None)
-    op = _operating_point(model, calibrate_data, ck["names"], imgsz, iou_threshold) if calibrate_data else None
+    op = (_operating_point(model, calibrate_data, ck["names"], imgsz, iou_threshold, calibrate_limit)
+          if calibrate_data else None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportWrapper(model.float().eval(), max_det).eval()
@@ -118,7 +120,8 @@ def export_onnx(weights: str | Path, out: str | Path, imgsz: int = 0, max_det: i
     return out
 
 
-def _operating_point(model: nn.Module, data_yaml: str | Path, names: list[str], imgsz: int, iou: float) -> dict:
+def _operating_point(model: nn.Module, data_yaml: str | Path, names: list[str], imgsz: int, iou: float,
+                     limit: int = 0) -> dict:
     """The F1 score threshold on the (pooled) val split of `data_yaml` (training/calibrate.py says why)."""
     from training.calibrate import operating_point
     from training.data.dataset import DetectionDataset, load_data_yaml
@@ -127,10 +130,10 @@ def _operating_point(model: nn.Module, data_yaml: str | Path, names: list[str], 
     spec = load_data_yaml(data_yaml)
     if spec.names != list(names):
         raise ValueError(f"{data_yaml} names {spec.names} differ from the checkpoint's {names}")
-    ds = DetectionDataset.from_spec(spec, "val", imgsz, None)
+    ds = DetectionDataset.from_spec(spec, "val", imgsz, None, limit=limit)
     dets = predict_dataset(model.float().eval(), ds, iou=iou)
     # named from each data folder down, no local path in the file
     name = " + ".join(f"{s.root.name}/{s.val.resolve().relative_to(s.root.resolve())}"
                       if s.val.resolve().is_relative_to(s.root.resolve()) else s.val.name
                       for s in spec.sources if s.val is not None)
-    return {**operating_point(ds, dets), "split": name}
+    return {**operating_point(ds, dets), "split": name + (f" (first {limit} images of each)" if limit else "")}

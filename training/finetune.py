@@ -238,7 +238,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         log.warning("the site folder holds out no incident (val is empty): the before/after has nothing to score")
 
     s_per_img = _estimate_s_per_image(trainer, cfg.batch)
-    eval_imgs = 2 * (len(site_val) + (len(base_val) if base_val is not None else 0))
+    # scored before and after, and once more to calibrate the exported file's operating point
+    eval_imgs = 3 * (len(site_val) + (len(base_val) if base_val is not None else 0))
     budget_s = cfg.budget_min * 60
     fits = max(cfg.batch, int((budget_s * 0.85 - eval_imgs * s_per_img / 3) / s_per_img / max(cfg.epochs, 1)))
     if fits < epoch_size:
@@ -267,7 +268,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if problems:
         raise FinetuneRefused("not exported: " + "; ".join(problems) + f" (figures in {out / 'finetune.json'})")
     onnx_path = Path(cfg.onnx) if cfg.onnx else out / "fall-detector-site.onnx"
-    export_onnx(weights, onnx_path, imgsz=imgsz, calibrate=True, calibrate_data=str(data_path))
+    export_onnx(weights, onnx_path, imgsz=imgsz, calibrate=True, calibrate_data=str(data_path),
+                calibrate_limit=cfg.base_val_limit)
+    report["minutes"] = round((time.time() - started) / 60, 1)  # the export's calibration counts too
     _stamp(onnx_path, report)
     report["onnx"] = {"file": str(onnx_path), "sha256": sha256(onnx_path), "bytes": onnx_path.stat().st_size}
     (out / "finetune.json").write_text(json.dumps(report, indent=2))

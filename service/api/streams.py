@@ -66,6 +66,9 @@ class StreamStatus(BaseModel):
     retry_in_s: float | None = None
     offline_alert: bool = Field(False, description="true while this outage has raised camera_offline "
                                                    "(down longer than rtsp.offline_after_s)")
+    detection_threshold: float | None = Field(None, description=(
+        "the detector score threshold this camera's tracker follows: the running model's operating "
+        "point (or FALLDET_SCORE_THRESHOLD); a model swap changes it for running cameras at once"))
     zones: list[dict] = Field(default_factory=list, description="bed and ignore zones (GET/PUT .../zones)")
     clip_buffer: dict | None = Field(None, description="fall clips' frame buffer: seconds, frames, bytes, "
                                      "capped (a memory cap keeps it shorter), recording; null: clips off")
