@@ -164,6 +164,17 @@ class ClipJob:
     last_s: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
+    def finish(self) -> None:
+        """Tell the owner (the alert's clip status) how it ended, then wake whoever waits on `done`,
+        even when the owner's callback fails."""
+        try:
+            if self.on_done is not None:
+                self.on_done(self)
+        except Exception:
+            log.exception("clip of alert %s: on_done failed", self.alert_id)
+        finally:
+            self.done.set()
+
     def to_json(self) -> dict:
         return {"alert_id": self.alert_id, "source": self.source, "track_id": self.track_id,
                 "merged": list(self.merged), "written": self.written, "error": self.error, "frames": self.frames, "bytes": self.bytes,
@@ -345,13 +356,7 @@ class SourceClips:
                       ended=True, error=reason)
         if not self.live:
             self.jobs.append(job)
-        try:
-            if job.on_done is not None:
-                job.on_done(job)
-        except Exception:
-            log.exception("clip of alert %s: on_done failed", job.alert_id)
-        finally:
-            job.done.set()
+        job.finish()
 
     def _box(self, job: ClipJob, pts_s: float) -> tuple | None:
         """The job's person's box at `pts_s`: from the nearest result within BOX_HOLD_S."""
@@ -669,13 +674,7 @@ class ClipWriter:
                      job.duration_s, job.bytes)
         else:
             CLIPS_FAILED.labels("no_frames" if job.error == "no frames" else "error").inc()
-        try:
-            if job.on_done is not None:
-                job.on_done(job)
-        except Exception:
-            log.exception("clip of alert %s: on_done failed", job.alert_id)
-        finally:
-            job.done.set()
+        job.finish()
 
     def _expire(self) -> None:
         now = time.time()
