@@ -10,8 +10,9 @@ What each review gives (frames from the clip's clean sidecar, `service/clip_fram
 - other tracked people in the frame are `person`; a "nobody fell here" view gives its people as
   `person` (and no box at all when nobody is in it: a clean background).
 At most `per_incident` frames of one incident, spread evenly over its clip, so one long incident
-does not outweigh the others. Whole incidents are held out (`val`, about `val_percent`, chosen by
-a hash of the incident id: the same split on every export) for the fine-tune's before/after.
+does not outweigh the others. Whole incidents are held out (`val`, about `val_percent` of each
+verdict, chosen by a hash of the incident id: the same split on every export) for the fine-tune's
+before/after; a verdict with a single incident keeps it in train (`split_incidents`).
 
 The folder holds images of people's rooms: every file is written 0600 and every folder 0700; it
 stays on this machine unless someone copies it (docs/site-adaptation.md says so). The store is
@@ -56,6 +57,32 @@ class ExportReport:
 
 def _held_out(key: str, val_percent: float) -> bool:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10000 < val_percent * 100
+
+
+def split_incidents(incidents: list[tuple[str, str]], val_percent: float) -> dict[str, str]:
+    """"train" or "val" per (incident, verdict), held out by verdict: a site's only confirmed fall
+    must be learnt, not held out (a fine-tune that sees nothing but false alarms learns "nobody
+    falls here"), so every verdict keeps an incident in train, and one with two or more gives one
+    to val; when that leaves val empty, the most common verdict gives one (a fall last). Inside a
+    verdict the hash of the incident id decides (the same split on every export)."""
+    splits: dict[str, str] = {}
+    by_verdict: dict[str, list[str]] = {}
+    for key, verdict in incidents:
+        by_verdict.setdefault(verdict, []).append(key)
+    for keys in by_verdict.values():
+        chosen = {key: "val" if _held_out(key, val_percent) else "train" for key in keys}
+        ranked = sorted(keys, key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+        if len(keys) == 1:
+            chosen[keys[0]] = "train"
+        elif all(v == "val" for v in chosen.values()):
+            chosen[ranked[0]] = "train"
+        elif all(v == "train" for v in chosen.values()):
+            chosen[ranked[0]] = "val"
+        splits.update(chosen)
+    if len(splits) >= 2 and "val" not in splits.values():  # every verdict had one: the before/after needs one
+        verdict = max(by_verdict, key=lambda v: (len(by_verdict[v]), v != "fall"))  # a fall is the last to go
+        splits[by_verdict[verdict][0]] = "val"
+    return splits
 
 
 def _spread(items: list, n: int) -> list:
@@ -134,9 +161,7 @@ def export_reviews(settings: Settings, out: Path, per_incident: int = 20, val_pe
     if not groups:
         raise ExportError("nothing to export: no alert is reviewed as fall or false_alarm with a clip and its frames, "
                           "and no view is marked 'nobody fell here'")
-    splits = {key: "val" if _held_out(key, val_percent) else "train" for key, _ in groups}
-    if len(groups) >= 2 and len(set(splits.values())) == 1:  # both splits need an incident
-        splits[groups[-1][0]] = "train" if splits[groups[-1][0]] == "val" else "val"
+    splits = split_incidents([(key, frames[0]["verdict"]) for key, frames in groups], val_percent)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(out, 0o700)
     manifest = []

@@ -395,3 +395,22 @@ def test_a_swap_between_batches_loses_no_frame_of_four_cameras() -> None:
     assert len(tags) == 800 and set(tags) == {0, 2}
     assert tags[-4:] == [2, 2, 2, 2] and tags.index(2) > 0
     assert tags == sorted(tags)  # per submission order: old model first, then the new one, never mixed back
+
+
+def test_held_out_incidents_are_chosen_per_verdict_and_the_only_fall_is_learnt() -> None:
+    """The demo on a real room held out its only confirmed fall: the fine-tune saw false alarms only,
+    unlearnt the room's falls and was rightly refused. A verdict's only incident now stays in train."""
+    from service.review_export import split_incidents
+
+    incidents = [("fall-1", "fall")] + [(f"fa-{i}", "false_alarm") for i in range(6)] + [("neg-1", "nobody_fell")]
+    splits = split_incidents(incidents, val_percent=25.0)
+    assert splits["fall-1"] == "train" and splits["neg-1"] == "train"
+    false_alarms = [splits[f"fa-{i}"] for i in range(6)]
+    assert "train" in false_alarms and "val" in false_alarms
+    assert splits == split_incidents(list(reversed(incidents)), 25.0)  # the same split on every export
+    everything_held = split_incidents([("a", "fall"), ("b", "fall")], val_percent=100.0)
+    assert sorted(everything_held.values()) == ["train", "val"]
+    nothing_held = split_incidents([("a", "false_alarm"), ("b", "false_alarm")], val_percent=0.0)
+    assert sorted(nothing_held.values()) == ["train", "val"]
+    one_each = split_incidents([("f", "fall"), ("x", "false_alarm")], val_percent=25.0)
+    assert one_each == {"f": "train", "x": "val"}  # something to score before/after; the fall is learnt
