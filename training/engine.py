@@ -29,6 +29,15 @@ from training.presets import ModelConfig, make_config
 log = logging.getLogger(__name__)
 
 
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Every batch norm layer in eval mode with its weights fixed (call after `model.train()`)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
 @dataclass
 class TrainConfig:
     """Paper protocol by default (640, batch 32, 100 epochs, SGD lr 0.01, wd 5e-4)."""
@@ -69,6 +78,9 @@ class TrainConfig:
     # bfloat16 autocast on the CPU (needs AVX512-BF16 or AMX to pay): 1.55x faster forward+backward
     # of G-mnv2 at 320 on the 2-core EPYC (docs/training.md); master weights, loss and EMA stay fp32
     bf16: bool = False
+    # batch norm keeps its running statistics and affine weights (fine-tunes on a few hundred pictures of
+    # one room, batch 8: their statistics would replace those of every room the model learnt)
+    freeze_bn: bool = False
     progress: bool = True
 
     def model_config(self, nc: int) -> ModelConfig:
@@ -230,6 +242,8 @@ class Trainer:
                                                  num_workers=cfg.workers, collate_fn=collate, drop_last=False,
                                                  persistent_workers=False, pin_memory=self.device.type == "cuda")
             self.model.train()
+            if cfg.freeze_bn:
+                freeze_batch_norm(self.model)
             sums: dict[str, float] = {}
             t0 = time.perf_counter()
             bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)

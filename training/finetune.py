@@ -53,6 +53,7 @@ class FinetuneConfig:
     imgsz: int = 0  # default: the base checkpoint's
     site_weight: float = 1.0  # the site's share of each epoch against all base sources together (1.0 each)
     replay: bool = True
+    freeze_bn: bool = False  # batch norm keeps the base model's statistics (TrainConfig.freeze_bn)
     budget_min: float = 20.0
     epoch_size: int = 0  # 0: 4 x the site's train frames (at least 64), then cut to the budget
     base_val_limit: int = 300  # base val images scored before and after (the budget includes them)
@@ -217,7 +218,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     tc = TrainConfig(data=str(data_path), imgsz=imgsz, epochs=cfg.epochs, batch=cfg.batch, lr0=cfg.lr0,
                      warmup_epochs=0.0, close_mosaic=cfg.epochs, nbs=cfg.batch, seed=cfg.seed, device=cfg.device,
                      workers=cfg.workers, threads=cfg.threads, out=str(out / "train"), epoch_size=epoch_size,
-                     val_interval=max(cfg.epochs, 1), pretrained=False, progress=cfg.progress, val_limit=1)
+                     val_interval=max(cfg.epochs, 1), pretrained=False, progress=cfg.progress, val_limit=1,
+                     freeze_bn=cfg.freeze_bn)
     trainer = Trainer(tc)
     state = ck.get("ema") or ck["model"]
     trainer.mcfg = mcfg  # the base's network, whatever preset the config names
@@ -247,7 +249,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         epoch_size = fits
     trainer.cfg.epoch_size = epoch_size
     plan = {"epochs": cfg.epochs, "epoch_size": epoch_size, "batch": cfg.batch, "imgsz": imgsz,
-            "s_per_image": round(s_per_img, 4), "budget_min": cfg.budget_min,
+            "s_per_image": round(s_per_img, 4), "budget_min": cfg.budget_min, "freeze_bn": cfg.freeze_bn,
             "estimated_min": round((epoch_size * cfg.epochs + eval_imgs / 3) * s_per_img / 60, 1)}
     log.info("fine-tune plan: %s; replay: %s", plan, replayed or "none")
 
