@@ -19,7 +19,8 @@ PAPER_DATA = str(Path(os.environ.get("FALLDET_DATA", "../shared/data")) / "fall-
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    p.add_argument("--preset", default=defaults.preset, help="baseline, A..G (paper Table 3)")
+    p.add_argument("--preset", default=defaults.preset, help="baseline, A..G (paper Table 3), the same with -mnv2 "
+                   "(the shipped backbone; G-mnv2 is shipped)")
     p.add_argument("--scale", default=defaults.scale, choices=["n", "s"])
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--imgsz", type=int, default=defaults.imgsz)
