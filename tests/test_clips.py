@@ -1,6 +1,6 @@
-"""Fall clips (service/clips.py) without a camera: the frame buffer and its caps, a clip job through
-the real writer (MP4 decoded back with PyAV), the store's link and retention, Range requests, a
-restart mid-write, and uploads with `?clips=true`."""
+"""Fall clips (service/clips.py, service/clip_writer.py) without a camera: the frame buffer and its
+caps, a clip job through the real writer (MP4 decoded back with PyAV), the store's link and
+retention, Range requests, a restart mid-write, and uploads with `?clips=true`."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from service.clips import ClipSettings, ClipWriter, BufferBudget, SourceClips, pick_codec
+from service.clip_writer import pick_codec
+from service.clips import ClipSettings, ClipWriter, BufferBudget, SourceClips
 from service.frames import Frame, Person
 from service.store import AlertStore, RetentionSettings
 
@@ -301,3 +302,22 @@ def test_analyze_cli_with_clips_writes_them_into_the_folder(tiny_model, fall_cli
     frames, _, codec = decode(Path(clip["path"]))
     assert codec == "h264" and len(frames) == clip["frames"]
     assert lines[-1]["type"] == "summary" and lines[-1]["clips"][0]["path"] == clip["path"]
+
+
+def test_a_clip_whose_file_cannot_be_made_still_tells_its_owner_why(tmp_path):
+    """The encoder's file cannot be created (its folder is a file): the owner hears the error at once
+    (an upload does not wait out `wait_s`) and the writer's room for active clips is given back."""
+    from service.clips import ClipJob
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"x")
+    writer = ClipWriter(ClipSettings(fps=10.0))
+    told: list[ClipJob] = []
+    job = ClipJob(alert_id="a1", source="cam", track_id=1, onset_s=0.0, alert_s=1.0, start_s=0.0, end_s=2.0,
+                  deadline=float("inf"), path=blocker / "a1.mp4", on_done=told.append)
+    writer.open(job)
+    writer.finish(job)
+    assert job.done.wait(10), "the owner was never told"
+    assert told == [job] and not job.written and job.error and "Error" in job.error
+    assert writer.active == 0
+    writer.stop()
