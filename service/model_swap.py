@@ -46,12 +46,9 @@ class ModelRejected(ValueError):
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    h = hashlib.sha256()
+    """Hex sha256 of a file (read in blocks, never whole into memory)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _json_or_text(value: str | None) -> Any:

@@ -66,11 +66,9 @@ class FinetuneConfig:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    """Hex sha256 of a file (read in blocks, never whole into memory)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_base(path: Path) -> dict:
