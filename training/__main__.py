@@ -230,15 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--onnx", default=None, help="where the ONNX goes (default OUT/fall-detector-site.onnx)")
     f.add_argument("--epochs", type=int, default=3)
     f.add_argument("--batch", type=int, default=8)
-    f.add_argument("--lr0", type=float, default=0.002)
+    f.add_argument("--lr0", type=float, default=0.0002, help="twice the shipped run's final lr (measured: "
+                   "docs/site-adaptation.md)")
     f.add_argument("--imgsz", type=int, default=0, help="default: the base checkpoint's")
     f.add_argument("--epoch-size", type=int, default=0, help="images an epoch (default 4 x the site's, >= 64; "
                                                               "cut to fit the budget)")
     f.add_argument("--budget-min", type=float, default=20.0, help="CPU minutes the whole run may take (estimated)")
     f.add_argument("--site-weight", type=float, default=1.0, help="the site's share against all base sources (1.0)")
     f.add_argument("--no-replay", dest="replay", action="store_false", help="train on the site frames alone")
-    f.add_argument("--freeze-bn", action="store_true", help="keep batch norm's statistics and weights "
-                   "(docs/site-adaptation.md: measured on a real room)")
+    f.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep batch norm's statistics and weights (default; docs/site-adaptation.md has the "
+                   "measured comparison on a real room)")
     f.add_argument("--base-val-limit", type=int, default=300, help="base val images scored before and after")
     f.add_argument("--max-regression", type=float, default=0.02, help="largest fall of the base val figure allowed")
     f.add_argument("--workers", type=int, default=0)

@@ -49,11 +49,13 @@ class FinetuneConfig:
     onnx: str = ""  # default OUT/fall-detector-site.onnx
     epochs: int = 3
     batch: int = 8
-    lr0: float = 0.002  # a tenth of a fresh run's: the base already knows people and falls
+    # twice the shipped run's final lr (1e-4): 0.002 kicked the model out of its basin in 44 steps (the
+    # real room of docs/site-adaptation.md: base val -0.074, refused; 2e-4 with frozen batch norm: -0.008)
+    lr0: float = 0.0002
     imgsz: int = 0  # default: the base checkpoint's
     site_weight: float = 1.0  # the site's share of each epoch against all base sources together (1.0 each)
     replay: bool = True
-    freeze_bn: bool = False  # batch norm keeps the base model's statistics (TrainConfig.freeze_bn)
+    freeze_bn: bool = True  # batch norm keeps the base model's statistics (TrainConfig.freeze_bn)
     budget_min: float = 20.0
     epoch_size: int = 0  # 0: 4 x the site's train frames (at least 64), then cut to the budget
     base_val_limit: int = 300  # base val images scored before and after (the budget includes them)
