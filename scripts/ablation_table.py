@@ -128,13 +128,12 @@ def main() -> int:
             checkpoints.setdefault(row, run / "last.pt")
     sizes: dict[str, tuple[int, float]] = {}
     speeds: dict[str, float] = {}
-    for row, ckpt in checkpoints.items():
+    for row, ckpt in checkpoints.items():  # any row of a graph stands for all of them
         graph = GRAPH[row]
-        if graph not in sizes and checkpoints.get(graph, ckpt).is_file():
-            source = checkpoints.get(graph, ckpt)
-            sizes[graph] = size_of(source, a.imgsz)
+        if graph not in sizes and ckpt.is_file():
+            sizes[graph] = size_of(ckpt, a.imgsz)
             if a.speed:
-                speeds[graph] = onnx_ms(source, a.imgsz, a.iters)
+                speeds[graph] = onnx_ms(ckpt, a.imgsz, a.iters)
 
     columns = [f"{src} {key.split('_')[0]}" for src, key in SOURCE_COLUMNS] + ["mAP50", "mAP50-95"]
     header = ["row", "adds", "seeds", *columns, "params M", "GFLOPs", "ONNX ms", "paper mAP50 / mAP50-95"]
