@@ -115,6 +115,7 @@ def main() -> int:
     ap.add_argument("--speed", action="store_true", help="export each distinct graph and time it (about a minute)")
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--speeds-from", type=Path, default=None, help="reuse the ONNX ms of an earlier --json")
     a = ap.parse_args()
 
     results: dict[str, dict[int, dict[str, float]]] = {}
@@ -127,12 +128,12 @@ def main() -> int:
             results.setdefault(row, {})[int(run.name.rsplit("-s", 1)[1])] = figures(metrics)
             checkpoints.setdefault(row, run / "last.pt")
     sizes: dict[str, tuple[int, float]] = {}
-    speeds: dict[str, float] = {}
+    speeds: dict[str, float] = json.loads(a.speeds_from.read_text())["onnx_ms"] if a.speeds_from else {}
     for row, ckpt in checkpoints.items():  # any row of a graph stands for all of them
         graph = GRAPH[row]
         if graph not in sizes and ckpt.is_file():
             sizes[graph] = size_of(ckpt, a.imgsz)
-            if a.speed:
+            if a.speed and graph not in speeds:
                 speeds[graph] = onnx_ms(ckpt, a.imgsz, a.iters)
 
     columns = [f"{src} {key.split('_')[0]}" for src, key in SOURCE_COLUMNS] + ["mAP50", "mAP50-95"]
