@@ -62,17 +62,14 @@ def figures(metrics: dict) -> dict[str, float]:
 def size_of(checkpoint: Path, imgsz: int) -> tuple[int, float]:
     """Parameters and GFLOPs (2 x multiply-adds, torch's FlopCounterMode) of the trained network."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from training.model import build_model
-    from training.model.yolo import count_params
+    from training.model.yolo import count_gflops, count_params
     from training.presets import ModelConfig
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = build_model(ModelConfig(**ckpt["model_config"])).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, imgsz, imgsz))
-    return count_params(model), counter.get_total_flops() / 1e9
+    model = build_model(ModelConfig(**ckpt["model_config"]))
+    return count_params(model), count_gflops(model, imgsz)
 
 
 def onnx_ms(checkpoint: Path, imgsz: int, iters: int) -> float:

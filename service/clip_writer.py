@@ -258,7 +258,7 @@ class ClipWriter:
                 continue
             if kind == "stop":
                 for enc in encoders.values():
-                    self._done(enc, ok=self._close(enc))
+                    self._ended(enc.job, ok=self._close(enc))
                 return
             try:
                 if kind == "open":
@@ -274,14 +274,14 @@ class ClipWriter:
                 elif kind == "finish":
                     enc = encoders.pop(job.alert_id, None)
                     if enc is not None:
-                        self._done(enc, ok=self._close(enc))
+                        self._ended(enc.job, ok=self._close(enc))
             except Exception as exc:
                 log.exception("clip of alert %s failed", job.alert_id)
                 job.error = f"{type(exc).__name__}: {exc}"[:300]
                 enc = encoders.pop(job.alert_id, None)
                 if enc is not None:
                     enc.abort()
-                    self._done(enc, ok=False)
+                    self._ended(enc.job, ok=False)
                 elif kind == "open":  # no encoder (its file could not be made): the owner still hears why
                     self._ended(job, ok=False)
             self._expire()
@@ -297,9 +297,6 @@ class ClipWriter:
         if not ok and enc.job.error is None:
             enc.job.error = "no frames"
         return ok
-
-    def _done(self, enc: _Encoder, ok: bool) -> None:
-        self._ended(enc.job, ok)
 
     def _ended(self, job: ClipJob, ok: bool) -> None:
         """Free the job's place, count it, and tell its owner (also when no encoder could be made)."""

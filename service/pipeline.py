@@ -23,6 +23,12 @@ from service.tracking import PersonTracker
 from service.zones import BedTracker, Zone, bed_of, frame_result_with_zones, ignored_by, normalise_box
 
 
+def empty_is_none(value: object) -> object:
+    """An empty environment value (`FALLDET_PIPELINE__DESCENT_S=`) of an optional setting is None, as
+    the settings' descriptions say ("empty: ...")."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class PipelineSettings(BaseModel):
     """Tracking, smoothing and fall-rule parameters (env `FALLDET_PIPELINE__<FIELD>`)."""
 
@@ -91,11 +97,8 @@ class PipelineSettings(BaseModel):
         "motion model); 1 disables it in practice."))
     snapshot_quality: int = Field(85, ge=10, le=100, description="JPEG quality of alert snapshots.")
 
-    @field_validator("descent_s", "track_activation_score", "track_high_score", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        """An empty value (`FALLDET_PIPELINE__DESCENT_S=`) is None, as the descriptions say."""
-        return None if isinstance(value, str) and not value.strip() else value
+    _empty = field_validator("descent_s", "track_activation_score", "track_high_score", mode="before")(
+        empty_is_none)
 
 
 def snapshot_jpeg(image: np.ndarray, box: tuple[float, float, float, float], label: str,

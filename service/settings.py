@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from service.clips import ClipSettings
 from service.delivery.mqtt import MqttSettings
 from service.delivery.webhooks import WebhookSettings
-from service.pipeline import PipelineSettings
+from service.pipeline import PipelineSettings, empty_is_none
 from service.sources.rtsp import RtspSettings
 from service.store import RetentionSettings
 
@@ -126,11 +126,7 @@ class Settings(BaseSettings):
 
     _split = field_validator("providers", "api_keys", "admin_keys", mode="before")(_split_commas)
 
-    @field_validator("detect_fps", "score_threshold", "model_watch_dir", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        """An empty value (`FALLDET_DETECT_FPS=`) is None ("every frame", "the model's", "no watch"), as documented."""
-        return None if isinstance(value, str) and not value.strip() else value
+    _empty = field_validator("detect_fps", "score_threshold", "model_watch_dir", mode="before")(empty_is_none)
 
     @model_validator(mode="after")
     def _fill_state_paths(self) -> "Settings":

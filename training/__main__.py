@@ -121,18 +121,13 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from training.model import build_model
-    from training.model.yolo import count_params
+    from training.model.yolo import count_gflops, count_params
     from training.presets import make_config
     cfg = make_config(a.preset, scale=a.scale, nc=a.nc)
     model = build_model(cfg).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(torch.zeros(1, 3, a.imgsz, a.imgsz))
     print(json.dumps({"preset": a.preset, "scale": a.scale, "nc": a.nc, "imgsz": a.imgsz,
-                      "params": count_params(model), "gflops": round(fc.get_total_flops() / 1e9, 3),
+                      "params": count_params(model), "gflops": round(count_gflops(model, a.imgsz), 3),
                       "config": cfg.__dict__}))
     return 0
 

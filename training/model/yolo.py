@@ -107,3 +107,13 @@ def build_model(cfg: ModelConfig, pretrained: bool = False) -> YOLO:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_gflops(model: nn.Module, imgsz: int) -> float:
+    """GFLOPs of one forward at `imgsz` (2 x multiply-adds, torch's FlopCounterMode)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, imgsz, imgsz))
+    return counter.get_total_flops() / 1e9
